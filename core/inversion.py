@@ -1,0 +1,106 @@
+"""Regularized DDIM inversion (pix2pix-zero, section 3.2), in ComfyUI's sigma space.
+
+The model is any k-diffusion style denoiser `denoise(x, sigma) -> denoised` working on x = x_t / sqrt(alpha_bar_t):
+ComfyUI's samplers hand exactly that to a custom sampler, and a diffusers UNet is wrapped into it in the tests.
+Every step asks the model for the noise, regularizes that noise towards i.i.d. N(0, I) and takes the deterministic
+DDIM step, which in sigma space is the Euler step x <- x + eps * (sigma_to - sigma_from).
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import torch
+
+from .regularization import ShiftSampler, regularize_noise
+from .schedule import InversionSchedule
+
+__all__ = ["Denoiser", "check_latent", "predict_noise", "invert_latent"]
+
+Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+StepCallback = Callable[[int, torch.Tensor, torch.Tensor], None]
+
+
+def check_latent(latent: torch.Tensor, channels: Optional[int] = None, what: str = "latent") -> None:
+    """Raise ValueError naming the problem if `latent` cannot be inverted."""
+    if not isinstance(latent, torch.Tensor) or latent.ndim != 4:
+        shape = tuple(latent.shape) if isinstance(latent, torch.Tensor) else type(latent).__name__
+        raise ValueError(f"the {what} must be an image latent of shape [batch, channels, height, width], got {shape}")
+    if channels is not None and latent.shape[1] != channels:
+        raise ValueError(
+            f"the {what} has {latent.shape[1]} channels but this model works on {channels}-channel latents: "
+            "encode the image with the VAE that belongs to the same checkpoint (VAEEncode)"
+        )
+    if latent.shape[2] < 2 or latent.shape[3] < 2:
+        raise ValueError(f"the {what} is {latent.shape[2]}x{latent.shape[3]}: it must be at least 2x2 (16x16 pixels)")
+    if not torch.isfinite(latent).all():
+        raise ValueError(
+            f"the {what} contains NaN or infinite values: re-encode the image (a VAE in fp16 can overflow; "
+            "try the VAE in fp32 with --fp32-vae)"
+        )
+
+
+def predict_noise(denoise: Denoiser, x: torch.Tensor, sigma_from: float, sigma_eval: float) -> torch.Tensor:
+    """The model's noise for x (at level sigma_from), asked at the timestep of sigma_eval.
+
+    The references give the UNet the latent of the current level together with another level's timestep. A
+    denoiser ties input scaling and timestep to one sigma, so the input is rescaled such that the denoiser's own
+    scaling x / sqrt(sigma_eval^2 + 1) gives the UNet exactly x / sqrt(sigma_from^2 + 1).
+    """
+    scale = ((1 + sigma_eval**2) / (1 + sigma_from**2)) ** 0.5
+    x_in = x * scale
+    sigma = x.new_full((x.shape[0],), sigma_eval)
+    denoised = denoise(x_in, sigma)
+    return (x_in - denoised) / sigma_eval
+
+
+def invert_latent(
+    denoise: Denoiser,
+    latent: torch.Tensor,
+    schedule: InversionSchedule,
+    *,
+    lambda_ac: float = 20.0,
+    lambda_kl: float = 20.0,
+    num_reg_steps: int = 5,
+    num_ac_rolls: int = 5,
+    generator: Optional[torch.Generator] = None,
+    shift_sampler: Optional[ShiftSampler] = None,
+    callback: Optional[StepCallback] = None,
+) -> torch.Tensor:
+    """Invert a clean latent to the noise level schedule.levels[-1] and return that noisy latent.
+
+    latent: [B, C, H, W] in the model's latent space (ComfyUI: after `process_latent_in`), at sigma ~ 0.
+    Returns x at schedule.levels[-1], in ComfyUI's sigma space: a deterministic sampler run down
+    `schedule.regeneration_sigmas()` from it reconstructs the latent (up to the usual inversion error).
+
+    The references treat the clean latent as the DDIM sample x_t at level levels[0] (alpha_bar[0] in diffusers), so
+    it enters sigma space as latent * sqrt(1 + levels[0]^2) (a factor 1.0004 for the default schedule).
+    callback(step, x, eps) runs after every step.
+    """
+    check_latent(latent)
+    for name, value in (("num_reg_steps", num_reg_steps), ("num_ac_rolls", num_ac_rolls)):
+        if int(value) != value or value < 0:
+            raise ValueError(f"{name} must be a whole number >= 0, got {value!r}")
+    if lambda_ac < 0 or lambda_kl < 0:
+        raise ValueError(f"regularization strengths must be >= 0, got lambda_ac={lambda_ac}, lambda_kl={lambda_kl}")
+    if num_ac_rolls == 0:
+        lambda_ac = 0.0
+    levels = [float(s) for s in schedule.levels]
+    eval_sigmas = [float(s) for s in schedule.eval_sigmas]
+
+    x = latent * (1 + levels[0] ** 2) ** 0.5
+    for step, sigma_eval in enumerate(eval_sigmas):
+        sigma_from, sigma_to = levels[step], levels[step + 1]
+        eps = predict_noise(denoise, x, sigma_from, sigma_eval)
+        eps = regularize_noise(
+            eps,
+            lambda_ac=lambda_ac,
+            lambda_kl=lambda_kl,
+            num_reg_steps=num_reg_steps,
+            num_ac_rolls=num_ac_rolls,
+            generator=generator,
+            shift_sampler=shift_sampler,
+        )
+        x = x + eps * (sigma_to - sigma_from)
+        if callback is not None:
+            callback(step, x, eps)
+    return x

@@ -1,0 +1,121 @@
+"""Test configuration for the pack.
+
+- CPU tests import the pack's modules directly (``import core``): the repo root is put on sys.path here. The pack's
+  own ``__init__.py`` imports ComfyUI and is never imported by collection (tests/ has no __init__.py).
+- Tests marked ``host`` need a real ComfyUI checkout named by the environment variable COMFYUI_PATH; without it
+  they are skipped. A test that uses one of the host fixtures below is marked ``host`` automatically.
+- Host fixtures (all session-scoped; they share one in-process ComfyUI):
+    comfy               -> the tests/comfy_host.py module, with ComfyUI booted on the CPU (comfy.run_prompt, ...)
+    pack_nodes          -> this pack's NODE_CLASS_MAPPINGS, loaded through ComfyUI's own load_custom_node
+    tiny_sd15_objects   -> (MODEL, CLIP, VAE) tiny float32 SD 1.5-shaped objects, seed 0 (shared: clone before
+                           patching, never mutate)
+    tiny_checkpoint_name-> file name of a tiny SD 1.5 checkpoint that CheckpointLoaderSimple can load; cached in
+                           $P2PZ_TEST_CACHE or <system temp>/p2pz-test-cache
+"""
+
+import os
+import sys
+import tempfile
+
+import pytest
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
+for _p in (TESTS_DIR, REPO_ROOT):
+    if _p not in sys.path:
+        sys.path.insert(0, _p)
+
+HOST_MARKER_HELP = "host: needs a real ComfyUI: set COMFYUI_PATH"
+HOST_SKIP_REASON = "COMFYUI_PATH is not set: host tests need a ComfyUI checkout"
+HOST_FIXTURES = ("comfy", "pack_nodes", "tiny_sd15_objects", "tiny_checkpoint_name")
+
+_host = {"ids": set(), "ran": set(), "skipped": set(), "failed": set()}
+
+
+def _comfyui_path():
+    return os.environ.get("COMFYUI_PATH") or None
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", HOST_MARKER_HELP)
+
+
+def pytest_collection_modifyitems(config, items):
+    have_comfy = _comfyui_path() is not None
+    skip = pytest.mark.skip(reason=HOST_SKIP_REASON)
+    for item in items:
+        if item.get_closest_marker("host") is None and any(f in getattr(item, "fixturenames", ()) for f in HOST_FIXTURES):
+            item.add_marker(pytest.mark.host)
+        if item.get_closest_marker("host") is not None:
+            _host["ids"].add(item.nodeid)
+            if not have_comfy:
+                item.add_marker(skip)
+
+
+def pytest_runtest_logreport(report):
+    if report.nodeid not in _host["ids"]:
+        return
+    if report.skipped:
+        _host["skipped"].add(report.nodeid)
+    elif report.when == "call":
+        _host["ran"].add(report.nodeid)
+        if report.failed:
+            _host["failed"].add(report.nodeid)
+    elif report.failed:  # setup/teardown error: it ran, and failed
+        _host["ran"].add(report.nodeid)
+        _host["failed"].add(report.nodeid)
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    if not _host["ids"]:
+        return
+    skipped = _host["skipped"]
+    ran = _host["ran"] - skipped
+    failed = _host["failed"] & ran
+    line = f"host tests: {len(ran)} ran, {len(skipped)} skipped"
+    if failed:
+        line = f"host tests: {len(ran)} ran ({len(failed)} failed), {len(skipped)} skipped"
+    if skipped and _comfyui_path() is None:
+        line += " (COMFYUI_PATH is not set)"
+    terminalreporter.write_line(line)
+
+
+def _require_comfy():
+    if _comfyui_path() is None:
+        pytest.skip(HOST_SKIP_REASON)
+    import comfy_host
+    return comfy_host
+
+
+@pytest.fixture(scope="session")
+def comfy():
+    """The comfy_host helper module with ComfyUI booted in-process on the CPU (no custom nodes loaded)."""
+    host = _require_comfy()
+    host.boot_comfy()
+    return host
+
+
+@pytest.fixture(scope="session")
+def pack_nodes(comfy):
+    """This pack's NODE_CLASS_MAPPINGS, loaded by ComfyUI's nodes.load_custom_node (fails with the import error)."""
+    return comfy.load_pack()
+
+
+@pytest.fixture(scope="session")
+def tiny_sd15_objects(comfy):
+    """(model_patcher, clip, vae): tiny SD 1.5-shaped float32 objects from seed 0. Shared by the whole session."""
+    return comfy.tiny_sd15(seed=0)
+
+
+def host_cache_dir():
+    """Where built test models are cached: $P2PZ_TEST_CACHE, else <system temp>/p2pz-test-cache."""
+    return os.environ.get("P2PZ_TEST_CACHE") or os.path.join(tempfile.gettempdir(), "p2pz-test-cache")
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint_name(comfy):
+    """File name of the tiny SD 1.5 checkpoint, registered in ComfyUI's "checkpoints" folders."""
+    cache_dir = host_cache_dir()
+    path = comfy.tiny_sd15_checkpoint(cache_dir)
+    comfy.use_models_dir(cache_dir)
+    return os.path.basename(path)

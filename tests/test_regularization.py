@@ -1,0 +1,124 @@
+"""The noise regularization: agreement with diffusers' losses, the shift-0 fix, and that it does its job."""
+import pytest
+import torch
+
+from core import auto_corr_loss, draw_shifts, kl_divergence, pyramid_sizes, regularize_noise
+
+
+def _pipeline_cls():
+    from diffusers.pipelines.deprecated.stable_diffusion_variants.pipeline_stable_diffusion_pix2pix_zero import (
+        StableDiffusionPix2PixZeroPipeline,
+    )
+
+    return StableDiffusionPix2PixZeroPipeline
+
+
+class ScriptedRandint:
+    """Stands in for torch.randint inside diffusers' auto_corr_loss: hands out our shifts, in its draw order."""
+
+    def __init__(self, shifts_per_call):
+        self.values = [int(v) for v in shifts_per_call]
+        self.bounds = []
+
+    def __call__(self, high, size, generator=None):
+        self.bounds.append(int(high))
+        return torch.tensor([self.values.pop(0)])
+
+
+@pytest.mark.parametrize("size", [64, 32, 12, 8])
+def test_auto_corr_loss_matches_diffusers_given_same_shifts(monkeypatch, size):
+    g = torch.Generator().manual_seed(size)
+    noise = torch.randn(1, 4, size, size, generator=g) + 0.3 * torch.randn(1, 4, 1, size, generator=g)
+    shifts = draw_shifts(g, 4, pyramid_sizes(size))  # [C, L], channel-major like diffusers' loops
+    scripted = ScriptedRandint(shifts.flatten())
+    monkeypatch.setattr(torch, "randint", scripted)
+    expected = _pipeline_cls().auto_corr_loss(None, noise)
+    monkeypatch.undo()
+    ours = auto_corr_loss(noise, shifts)
+    assert not scripted.values, "diffusers drew a different number of shifts than our pyramid has"
+    # the bounds diffusers asks for are the level heights // 2, which our draws respect
+    assert scripted.bounds == [s // 2 for s in pyramid_sizes(size)] * 4
+    torch.testing.assert_close(ours, expected.reshape(1), rtol=1e-5, atol=1e-8)
+
+
+def test_auto_corr_loss_is_per_image_and_sums_like_diffusers(monkeypatch):
+    g = torch.Generator().manual_seed(0)
+    noise = torch.randn(3, 4, 16, 16, generator=g)
+    shifts = draw_shifts(g, 4, pyramid_sizes(16))
+    scripted = ScriptedRandint(shifts.flatten().repeat(3))  # diffusers draws per image; give each image ours
+    monkeypatch.setattr(torch, "randint", scripted)
+    expected = _pipeline_cls().auto_corr_loss(None, noise)
+    monkeypatch.undo()
+    ours = auto_corr_loss(noise, shifts)
+    assert ours.shape == (3,)
+    torch.testing.assert_close(ours.sum(), expected, rtol=1e-5, atol=1e-8)
+    for i in range(3):
+        torch.testing.assert_close(ours[i], auto_corr_loss(noise[i : i + 1], shifts)[0])
+
+
+def test_kl_divergence_matches_diffusers():
+    g = torch.Generator().manual_seed(3)
+    noise = 1.7 * torch.randn(1, 4, 16, 16, generator=g) + 0.2
+    expected = _pipeline_cls().kl_divergence(None, noise)
+    torch.testing.assert_close(kl_divergence(noise), expected.reshape(1), rtol=1e-6, atol=1e-7)
+    batch = torch.cat([noise, 0.5 * noise])
+    torch.testing.assert_close(kl_divergence(batch)[1], _pipeline_cls().kl_divergence(None, 0.5 * noise))
+
+
+def test_shifts_are_never_zero_and_stay_below_half_the_level():
+    g = torch.Generator().manual_seed(0)
+    sizes = pyramid_sizes(64)
+    assert sizes == [64, 32, 16, 8]
+    shifts = torch.stack([draw_shifts(g, 4, sizes) for _ in range(2000)])
+    upper = torch.tensor([s // 2 for s in sizes])
+    assert shifts.min() >= 1
+    assert (shifts < upper).all()
+    # every allowed shift occurs: the draw is not stuck on a few values
+    for level, size in enumerate(sizes):
+        assert set(shifts[:, :, level].unique().tolist()) == set(range(1, size // 2))
+
+
+def test_shift_zero_would_shrink_the_variance():
+    """Why d=0 is excluded: its term is mean(n^2)^2, whose gradient scales the noise down."""
+    n = torch.randn(1, 1, 8, 8, generator=torch.Generator().manual_seed(0)).requires_grad_(True)
+    ((n * n).mean() ** 2).backward()
+    assert (n.grad * n).sum() > 0  # descending this gradient shrinks every value
+
+
+def test_regularization_lowers_both_losses():
+    g = torch.Generator().manual_seed(1)
+    # correlated, off-scale "predicted noise", like a DDIM step's on a real image
+    base = torch.randn(2, 4, 32, 32, generator=g)
+    noise = 0.6 * (base + torch.roll(base, 1, 2) + torch.roll(base, 1, 3)) + 0.4
+    out = regularize_noise(noise, generator=torch.Generator().manual_seed(0))
+    probe = draw_shifts(torch.Generator().manual_seed(9), 4, pyramid_sizes(32))
+    assert (auto_corr_loss(out, probe) < 0.5 * auto_corr_loss(noise, probe)).all()
+    assert (kl_divergence(out) < 0.7 * kl_divergence(noise)).all()  # measured: AC 4x and KL 2x lower
+    assert out.dtype == noise.dtype and not torch.equal(out, noise)
+
+
+def test_regularization_is_seeded_and_batch_independent():
+    g = torch.Generator().manual_seed(2)
+    noise = torch.randn(3, 4, 16, 16, generator=g)
+    a = regularize_noise(noise, generator=torch.Generator().manual_seed(7))
+    b = regularize_noise(noise, generator=torch.Generator().manual_seed(7))
+    c = regularize_noise(noise, generator=torch.Generator().manual_seed(8))
+    assert torch.equal(a, b)
+    assert not torch.equal(a, c)
+    alone = regularize_noise(noise[1:2], generator=torch.Generator().manual_seed(7))
+    torch.testing.assert_close(a[1:2], alone, rtol=1e-5, atol=1e-6)
+
+
+def test_regularization_off_is_identity_and_needs_a_seed_when_on():
+    noise = torch.randn(1, 4, 8, 8)
+    assert torch.equal(regularize_noise(noise, lambda_ac=0, lambda_kl=0), noise)
+    with pytest.raises(ValueError, match="seeded"):
+        regularize_noise(noise)
+
+
+def test_regularization_works_under_inference_mode_and_fp16():
+    with torch.inference_mode():
+        noise = torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(0)).half()
+        out = regularize_noise(noise, generator=torch.Generator().manual_seed(0))
+    assert out.dtype == torch.float16
+    assert kl_divergence(out.float()) < kl_divergence(noise.float()) + 1e-3
