@@ -81,6 +81,8 @@ def boot_comfy(extra_nodes=True):
       ``nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False)`` (a coroutine).
     """
     if _state.get("nodes") is not None:
+        if extra_nodes and not _state.get("extra_nodes"):
+            _load_extra_nodes(_state["nodes"])
         return _state["nodes"]
 
     if not os.path.isfile(os.path.join(COMFYUI_PATH, "nodes.py")) or not os.path.isdir(os.path.join(COMFYUI_PATH, "comfy")):
@@ -91,8 +93,8 @@ def boot_comfy(extra_nodes=True):
         if mod is not None and not _module_file_under(mod, COMFYUI_PATH):
             raise RuntimeError(
                 f"module {name!r} was already imported from {getattr(mod, '__file__', None)!r}, not from ComfyUI; "
-                "a test imported it with only the repo root on sys.path (the pack's own modules must be imported "
-                "as package-relative imports or through load_pack())")
+                "something imported a module of that name before boot_comfy() (the pack's own modules are imported "
+                "package-relative, or through load_pack(), never as top-level 'nodes')")
 
     while COMFYUI_PATH in sys.path:
         sys.path.remove(COMFYUI_PATH)
@@ -127,11 +129,16 @@ def boot_comfy(extra_nodes=True):
     _state["root"] = root
     _state["dirs"] = dirs
 
-    if extra_nodes:
-        asyncio.run(nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))
-
     _state["nodes"] = nodes
+    if extra_nodes:
+        _load_extra_nodes(nodes)
     return nodes
+
+
+def _load_extra_nodes(nodes):
+    # Missing optional dependencies (torchaudio) make a few comfy_extras files fail: ComfyUI only logs that.
+    asyncio.run(nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))
+    _state["extra_nodes"] = True
 
 
 def io_dirs():
@@ -179,11 +186,15 @@ def load_pack():
     before = dict(nodes.NODE_CLASS_MAPPINGS)
     handler = _CaptureLogs()
     root_logger = logging.getLogger()
+    old_level = root_logger.level
     root_logger.addHandler(handler)
+    if old_level > logging.WARNING:  # load_custom_node reports failures with logging.warning only
+        root_logger.setLevel(logging.WARNING)
     try:
         ok = asyncio.run(nodes.load_custom_node(link, ignore=set(before), module_parent="custom_nodes"))
     finally:
         root_logger.removeHandler(handler)
+        root_logger.setLevel(old_level)
     if not ok:
         log = "\n".join(handler.lines) or "(nothing logged)"
         raise PackLoadError(f"ComfyUI could not load the pack from {REPO_ROOT} (via {link}):\n{log}")
@@ -404,6 +415,7 @@ def tiny_sd15_checkpoint(cache_dir, seed=0, verify=True):
         tmp = f"{path}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
         try:
             comfy.utils.save_torch_file(sd, tmp, metadata={"p2pz": "tiny random SD 1.5 test checkpoint"})
+            os.chmod(tmp, 0o644)
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):

@@ -1,7 +1,8 @@
 """Test configuration for the pack.
 
 - CPU tests import the pack's modules directly (``import core``): the repo root is put on sys.path here. The pack's
-  own ``__init__.py`` imports ComfyUI and is never imported by collection (tests/ has no __init__.py).
+  own ``__init__.py`` imports ComfyUI and is never imported by collection: tests/ has no __init__.py, and the repo
+  root is collected as a plain directory, not a Package (see _PackRootIsNotAPackage).
 - Tests marked ``host`` need a real ComfyUI checkout named by the environment variable COMFYUI_PATH; without it
   they are skipped. A test that uses one of the host fixtures below is marked ``host`` automatically.
 - Host fixtures (all session-scoped; they share one in-process ComfyUI):
@@ -17,7 +18,13 @@ import os
 import sys
 import tempfile
 
-import pytest
+# Before anything imports torch: OpenMP worker threads that spin while waiting make two torch processes on a 2-core
+# machine (two test runs, a test run and a benchmark) slow each other down 5-20x; measured on test_host_harness.py:
+# 256 s spinning vs 25 s passive next to a busy process, 15 s vs 19 s on an idle machine. Set OMP_WAIT_POLICY
+# yourself (e.g. ACTIVE for timings on an idle machine) to override.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+import pytest  # noqa: E402
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -36,8 +43,23 @@ def _comfyui_path():
     return os.environ.get("COMFYUI_PATH") or None
 
 
+class _PackRootIsNotAPackage:
+    """pytest >= 8 builds collector nodes for every directory above the test files, and a directory with an
+    __init__.py becomes a ``Package`` whose setup imports that __init__.py (as module "main" here). The pack root's
+    __init__.py imports ComfyUI, so collect the repo root as a plain ``Dir`` instead. This has to be a plugin
+    registered from pytest_configure: hooks defined in this conftest only apply to paths under tests/."""
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_collect_directory(self, path, parent):
+        if os.path.realpath(str(path)) == os.path.realpath(REPO_ROOT):
+            return pytest.Dir.from_parent(parent, path=path)
+        return None
+
+
 def pytest_configure(config):
     config.addinivalue_line("markers", HOST_MARKER_HELP)
+    if hasattr(pytest, "Dir") and not config.pluginmanager.has_plugin("p2pz-pack-root-dir"):
+        config.pluginmanager.register(_PackRootIsNotAPackage(), "p2pz-pack-root-dir")
 
 
 def pytest_collection_modifyitems(config, items):
@@ -67,7 +89,7 @@ def pytest_runtest_logreport(report):
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
-    if not _host["ids"]:
+    if not _host["ids"] or getattr(config.option, "collectonly", False):
         return
     skipped = _host["skipped"]
     ran = _host["ran"] - skipped

@@ -1,4 +1,7 @@
-"""The host harness itself, against a real ComfyUI with stock nodes only (no pack code involved)."""
+"""The host harness itself, against a real ComfyUI with stock nodes only (no pack code involved).
+
+torch is imported inside the tests: collecting this file without COMFYUI_PATH must not need it.
+"""
 
 import os
 
@@ -7,15 +10,9 @@ import pytest
 pytestmark = pytest.mark.host
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _torch():
-    # imported lazily: collecting this file without COMFYUI_PATH must not need torch
-    global torch
-    import torch
-    return torch
-
-
 def _image(seed, size=64):
+    import torch
+
     return torch.rand(1, size, size, 3, generator=torch.Generator().manual_seed(seed))
 
 
@@ -32,6 +29,8 @@ def _img2img(comfy, objects, seed):
 
 
 def test_tiny_objects_round_trip_through_stock_nodes(comfy, tiny_sd15_objects):
+    import torch
+
     model, clip, vae = tiny_sd15_objects
     assert type(model.model.model_config).__name__ == "SD15"
     latent, positive, sampled, image = _img2img(comfy, tiny_sd15_objects, seed=7)
@@ -47,6 +46,8 @@ def test_tiny_objects_round_trip_through_stock_nodes(comfy, tiny_sd15_objects):
 
 
 def test_tiny_objects_are_deterministic(comfy, tiny_sd15_objects):
+    import torch
+
     _, _, sampled_a, image_a = _img2img(comfy, tiny_sd15_objects, seed=7)
     _, _, sampled_b, image_b = _img2img(comfy, tiny_sd15_objects, seed=7)
     assert torch.equal(sampled_a, sampled_b)
@@ -56,6 +57,8 @@ def test_tiny_objects_are_deterministic(comfy, tiny_sd15_objects):
 
 
 def test_tiny_sd15_is_reproducible_from_its_seed(comfy):
+    import torch
+
     a = comfy.tiny_sd15(seed=3)
     b = comfy.tiny_sd15(seed=3)
     c = comfy.tiny_sd15(seed=4)
@@ -89,6 +92,8 @@ def _graph(ckpt_name, seed=5, output="SaveImage"):
 
 
 def test_checkpoint_graph_runs_through_the_executor(comfy, tiny_checkpoint_name):
+    import torch
+
     import folder_paths
 
     result = comfy.run_prompt(_graph(tiny_checkpoint_name))

@@ -1,0 +1,105 @@
+"""P2PZ_InvertLatent: pix2pix-zero's regularized DDIM inversion as a ComfyUI node."""
+import torch
+
+import comfy.model_management
+import comfy.model_sampling
+import comfy.sample
+import comfy.samplers
+import comfy.utils
+import latent_preview
+
+from ..core import SCHEDULES, check_latent, invert_latent, inversion_schedule
+from .common import CATEGORY, INVERSION_KEY, SEED_INPUT, check_conditioning_batch
+
+
+def _inversion_sampler(schedule, generator, reg):
+    """A ComfyUI SAMPLER whose loop is the core inversion (sigmas are the ascending schedule levels)."""
+
+    def sample_inversion(model, x, sigmas, extra_args=None, callback=None, disable=None):
+        extra_args = extra_args or {}
+
+        def denoise(x_in, sigma):
+            return model(x_in, sigma, **extra_args)
+
+        def on_step(step, x_step, eps):
+            # Server runs check interruption in the progress hook; in-process runs only here.
+            comfy.model_management.throw_exception_if_processing_interrupted()
+            if callback is not None:
+                x0 = x_step - eps * float(schedule.levels[step + 1])
+                callback({"i": step, "x": x_step, "denoised": x0, "sigma": sigmas[step + 1], "sigma_hat": sigmas[step + 1]})
+
+        return invert_latent(denoise, x, schedule, generator=generator, callback=on_step, **reg)
+
+    return comfy.samplers.KSAMPLER(sample_inversion)
+
+
+class InvertLatent:
+    DESCRIPTION = (
+        "pix2pix-zero's regularized DDIM inversion: turns an image latent into the noise that regenerates it, "
+        "nudging the predicted noise of every step towards i.i.d. Gaussian so it stays editable. Regenerate with "
+        "SamplerCustom (add_noise off, cfg 1, sampler ddim or euler, the regeneration_sigmas output), or with "
+        "KSamplerAdvanced (add_noise disable, ddim + ddim_uniform, the same steps, cfg 1) when steps divides 1000."
+    )
+    CATEGORY = CATEGORY
+    FUNCTION = "invert"
+    RETURN_TYPES = ("LATENT", "SIGMAS")
+    RETURN_NAMES = ("inverted_latent", "regeneration_sigmas")
+    OUTPUT_TOOLTIPS = (
+        "The noisy latent at the last inversion step, with the step schedule attached for the pix2pix-zero sampler.",
+        "Descending sigmas that undo this inversion with a deterministic sampler (ddim/euler, cfg 1, no added noise).",
+    )
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model": ("MODEL", {"tooltip": "SD 1.x, SD 2.x (incl. v-prediction) or SDXL model. It is not modified."}),
+                "conditioning": ("CONDITIONING", {"tooltip": "The image's caption, encoded with CLIPTextEncode (e.g. from the BLIP caption). No CFG is used while inverting."}),
+                "latent": ("LATENT", {"tooltip": "The image encoded with VAEEncode. Batches invert image by image, each as if alone."}),
+                "steps": ("INT", {"default": 50, "min": 1, "max": 500, "tooltip": "DDIM steps. 50 as the references; the editing sampler must use the same. Prefer a divisor of 1000 (20, 25, 50, 100)."}),
+                "schedule": (list(SCHEDULES), {"default": "diffusers", "tooltip": "diffusers: all steps (diffusers' invert()). authors: the pix2pix-zero repository's variant, which skips the first and last step (steps - 2 model calls)."}),
+                "lambda_ac": ("FLOAT", {"default": 20.0, "min": 0.0, "max": 200.0, "step": 0.5, "tooltip": "Strength of the auto-correlation regularization (20 in the paper). 0 turns it off."}),
+                "lambda_kl": ("FLOAT", {"default": 20.0, "min": 0.0, "max": 200.0, "step": 0.5, "tooltip": "Strength of the KL regularization towards mean 0, variance 1 (20 in the paper). 0 turns it off."}),
+                "reg_steps": ("INT", {"default": 5, "min": 0, "max": 50, "tooltip": "Regularization iterations per inversion step (5). 0 gives plain DDIM inversion."}),
+                "ac_rolls": ("INT", {"default": 5, "min": 0, "max": 50, "tooltip": "Auto-correlation gradient steps (each with fresh random shifts) per iteration (5)."}),
+                "seed": SEED_INPUT,
+            }
+        }
+
+    def invert(self, model, conditioning, latent, steps, schedule, lambda_ac, lambda_kl, reg_steps, ac_rolls, seed):
+        model_sampling = model.get_model_object("model_sampling")
+        if not isinstance(model_sampling, comfy.model_sampling.EPS) or not hasattr(model_sampling, "sigmas"):
+            raise ValueError(
+                f"pix2pix-zero inversion needs a discrete-time eps or v-prediction model (SD 1.x, SD 2.x, SDXL); "
+                f"this model samples with {type(model_sampling).__name__}"
+            )
+        samples = latent["samples"]
+        channels = model.get_model_object("latent_format").latent_channels
+        check_latent(samples, channels=channels, what="latent to invert")
+        check_conditioning_batch(conditioning, samples.shape[0], "caption conditioning")
+
+        inv_schedule = inversion_schedule(model_sampling.sigmas, steps, schedule)
+        generator = torch.Generator(device="cpu").manual_seed(seed)
+        reg = dict(lambda_ac=lambda_ac, lambda_kl=lambda_kl, num_reg_steps=reg_steps, num_ac_rolls=ac_rolls)
+
+        guider = comfy.samplers.CFGGuider(model)  # cfg 1: only the caption is evaluated, as the references
+        guider.inner_set_conds({"positive": conditioning})
+        sigmas = inv_schedule.levels.clone()
+        callback = latent_preview.prepare_callback(model, inv_schedule.steps)
+        inverted = guider.sample(
+            torch.zeros_like(samples),  # no noise is added: the inversion starts from the clean latent
+            samples,
+            _inversion_sampler(inv_schedule, generator, reg),
+            sigmas,
+            callback=callback,
+            disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED,
+            seed=seed,
+        )
+        out = latent.copy()
+        out["samples"] = inverted.to(comfy.model_management.intermediate_device())
+        out[INVERSION_KEY] = dict(inv_schedule.to_dict(), shape=list(samples.shape), seed=seed)
+        return (out, inv_schedule.regeneration_sigmas())
+
+
+NODE_CLASS_MAPPINGS = {"P2PZ_InvertLatent": InvertLatent}
+NODE_DISPLAY_NAME_MAPPINGS = {"P2PZ_InvertLatent": "Invert Latent (pix2pix-zero regularized DDIM)"}
