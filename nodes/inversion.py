@@ -3,7 +3,6 @@ import torch
 
 import comfy.model_management
 import comfy.model_sampling
-import comfy.sample
 import comfy.samplers
 import comfy.utils
 import latent_preview
