@@ -1,0 +1,57 @@
+"""The node against diffusers' StableDiffusionPix2PixZeroPipeline.invert() on the SAME tiny weights: ComfyUI's tiny
+SD 1.5-layout UNet is copied into a diffusers UNet2DConditionModel with ComfyUI's own key map
+(comfy.utils.unet_to_diffusers), then both invert the same latent with the same caption embedding."""
+import pytest
+import torch
+
+pytestmark = pytest.mark.host
+
+
+def _diffusers_twin(comfy_model):
+    """A diffusers UNet with the ComfyUI tiny UNet's weights (layout of tests/comfy_host.TINY_UNET_CONFIG)."""
+    import comfy.utils
+    from diffusers import UNet2DConditionModel
+
+    import comfy_host
+
+    cfg = comfy_host.TINY_UNET_CONFIG
+    unet = UNet2DConditionModel(
+        sample_size=cfg["image_size"], in_channels=4, out_channels=4, layers_per_block=2,
+        block_out_channels=tuple(cfg["model_channels"] * m for m in cfg["channel_mult"]),
+        down_block_types=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+        up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+        cross_attention_dim=cfg["context_dim"], attention_head_dim=cfg["num_heads"], norm_num_groups=32,
+    )
+    key_map = comfy.utils.unet_to_diffusers(cfg)  # diffusers key -> ComfyUI key
+    source = comfy_model.model.diffusion_model.state_dict()
+    state = {k: source[key_map[k]].detach().clone().float() for k in unet.state_dict()}
+    unet.load_state_dict(state, strict=True)
+    return unet.eval()
+
+
+@pytest.mark.parametrize("steps", [1, 2])
+def test_inversion_matches_diffusers_on_shared_weights(comfy, tiny_sd15_objects, pack_nodes, steps):
+    """Regularization off (its parity with diffusers, shift by shift, is a CI test of core). Tolerance 2e-3 of the
+    latent's scale: ComfyUI's CPU attention (sub-quadratic) differs from diffusers' by up to ~4e-4 per UNet call at
+    this size. Only 1-2 steps: a raw random network amplifies those differences (5 steps: 3e-2), the same
+    amplification tests/test_inversion.py measures and bounds end to end against diffusers' own sensitivity."""
+    from diffusers_tiny import tiny_pix2pix_zero_pipeline
+
+    model, clip, vae = tiny_sd15_objects
+    cond = comfy.call_node("CLIPTextEncode", clip=clip, text="a photo of a cat")[0]
+    latent = {"samples": torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0)) * 2.0}
+
+    inverted, _ = comfy.call_node("P2PZ_InvertLatent", model=model, conditioning=cond, latent=latent, steps=steps,
+                                  schedule="diffusers", lambda_ac=0.0, lambda_kl=0.0, reg_steps=5, ac_rolls=5, seed=0)
+    scale = model.get_model_object("latent_format").scale_factor
+    ours = inverted["samples"] * scale  # ComfyUI's sigma space
+    sigma_last = float(inverted["p2pz_inversion"]["levels"][-1])
+    ours = ours / (1 + sigma_last**2) ** 0.5  # diffusers' x_T
+
+    pipe = tiny_pix2pix_zero_pipeline(_diffusers_twin(model))
+    with torch.no_grad():
+        reference = pipe.invert(image=latent["samples"] * scale, prompt_embeds=cond[0][0].float().clone(),
+                                num_inference_steps=steps, lambda_auto_corr=0.0, lambda_kl=0.0,
+                                output_type="latent").latents
+    err = (ours - reference).abs().max() / reference.abs().max()
+    assert err < 2e-3, f"relative max difference {err:.2e}"
