@@ -83,13 +83,12 @@ class InvertLatent:
 
         guider = comfy.samplers.CFGGuider(model)  # cfg 1: only the caption is evaluated, as the references
         guider.inner_set_conds({"positive": conditioning})
-        sigmas = inv_schedule.levels.clone()
         callback = latent_preview.prepare_callback(model, inv_schedule.steps)
         inverted = guider.sample(
             torch.zeros_like(samples),  # no noise is added: the inversion starts from the clean latent
             samples,
             _inversion_sampler(inv_schedule, generator, reg),
-            sigmas,
+            inv_schedule.levels,  # ascending: the sampler walks them upwards
             callback=callback,
             disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED,
             seed=seed,
