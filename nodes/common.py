@@ -1,4 +1,6 @@
 """Shared pieces of the pack's ComfyUI nodes."""
+import os
+
 CATEGORY = "pix2pix-zero"
 
 # Key under which a LATENT from the inversion node carries its step schedule (plain Python values). Stock nodes
@@ -25,3 +27,33 @@ def check_conditioning_batch(conditioning, batch_size: int, what: str = "conditi
                 f"the {what} has a batch of {tensor.shape[0]} but the latent has {batch_size} images: give one "
                 f"conditioning for all images, or exactly one per image (in the same order)"
             )
+
+# Socket type of an edit direction (a core.direction.EditDirection) between the pack's nodes.
+DIRECTION_TYPE = "P2PZ_EDIT_DIRECTION"
+
+
+def register_model_folder(folder_name: str, extensions) -> None:
+    """Make ``<ComfyUI models>/<folder_name>`` a model folder without overwriting what is there.
+
+    extra_model_paths.yaml (loaded before custom nodes) may already have registered the name with the user's own
+    paths: those are kept first and ours is appended. An entry with an empty extension set lists every file, so
+    its set is only widened, never narrowed.
+    """
+    import folder_paths
+
+    path = os.path.join(folder_paths.models_dir, folder_name)
+    if folder_name in folder_paths.folder_names_and_paths:
+        folder_paths.add_model_folder_path(folder_name, path)
+        paths, exts = folder_paths.folder_names_and_paths[folder_name]
+        if exts:
+            folder_paths.folder_names_and_paths[folder_name] = (paths, set(exts) | set(extensions))
+    else:
+        folder_paths.folder_names_and_paths[folder_name] = ([path], set(extensions))
+
+
+def model_files(folder_name: str, extensions) -> list:
+    """Sorted file names (relative paths, as ComfyUI lists them) in a model folder with one of ``extensions``."""
+    import folder_paths
+
+    exts = tuple(e.lower() for e in extensions)
+    return sorted(f for f in folder_paths.get_filename_list(folder_name) if f.lower().endswith(exts))

@@ -1,16 +1,14 @@
 """P2PZ_InvertLatent inside a real ComfyUI (in-process, CPU): stock nodes around it, the real executor."""
 import math
 import os
-import shutil
 
 import pytest
 import torch
+from official_data import copy_photo
 
 pytestmark = pytest.mark.host
 
 NODE = "P2PZ_InvertLatent"
-OFFICIAL_IMAGES = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "pix2pix-zero-official",
-                               "test_images")
 
 
 def _invert(comfy, model, cond, latent, steps=10, seed=0, **overrides):
@@ -186,8 +184,7 @@ def test_interruption_stops_cleanly_and_the_next_run_works(comfy, tiny_sd15_obje
 def test_graph_through_the_real_executor(comfy, tiny_checkpoint_name, pack_nodes):
     """CheckpointLoaderSimple (tiny SD 1.5 checkpoint) -> LoadImage (an authors' photo) -> VAEEncode ->
     CLIPTextEncode -> P2PZ_InvertLatent -> stock samplers (KSamplerAdvanced and SamplerCustom) -> VAEDecode."""
-    source = os.path.join(OFFICIAL_IMAGES, "cat_1.png")
-    shutil.copy(source, os.path.join(comfy.io_dirs()["input"], "cat_1.png"))
+    copy_photo("cat_1.png", comfy.io_dirs()["input"])
     steps = 10
     prompt = {
         "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": tiny_checkpoint_name}},
