@@ -1,8 +1,8 @@
 """ComfyUI adapters: one module per node family, each a thin layer over `core`."""
-from . import caption, direction, inversion
+from . import caption, direction, inversion, student
 
 NODE_CLASS_MAPPINGS = {}
 NODE_DISPLAY_NAME_MAPPINGS = {}
-for _family in (inversion, direction, caption):
+for _family in (inversion, direction, caption, student):
     NODE_CLASS_MAPPINGS.update(_family.NODE_CLASS_MAPPINGS)
     NODE_DISPLAY_NAME_MAPPINGS.update(_family.NODE_DISPLAY_NAME_MAPPINGS)
