@@ -1,0 +1,359 @@
+"""pix2pix-zero invert + edit: this pack's nodes vs diffusers' StableDiffusionPix2PixZeroPipeline, same weights.
+
+    COMFYUI_PATH=/path/to/ComfyUI python bench/bench_edit.py                     # CPU: tiny SD 1.5 UNet, 256 px
+    COMFYUI_PATH=/path/to/ComfyUI python bench/bench_edit.py --device cuda --dtype fp16 --full-sd15 --size 512
+
+One run builds one UNet with random weights (seeded) in ComfyUI's SD 1.5 layout, copies it into a diffusers
+UNet2DConditionModel with ComfyUI's own key map (comfy.utils.unet_to_diffusers), and then runs, each side in a
+FRESH subprocess so that one side's memory cannot hide in the other's:
+- ours: P2PZ_InvertLatent (regularized DDIM inversion) then P2PZ_GuidedEdit (cross-attention guidance), called as
+  ComfyUI's executor calls nodes (under torch.inference_mode), negative not connected (= the caption);
+- diffusers: pipe.invert(...) then pipe(...) with negative_prompt_embeds = the caption (so both do the same work:
+  the authors' real-image setting), cross_attention_guidance_amount 0.1, guidance_scale 5.
+Same latent, caption embedding and direction, same size and steps; regularization at the references' defaults
+(lambda_ac 20, lambda_kl 20, 5 x 5 steps). Default (reference-faithful) guidance mode.
+
+Measured per side, around invert + edit only (model loading excluded): wall time (the best of --repeats runs) and
+peak memory above the level just before the run. CPU: the process's resident-set high-water mark (VmHWM, reset
+through /proc/self/clear_refs right before the run, so everything torch allocates counts and nothing before);
+CUDA: torch.cuda.max_memory_allocated (absolute, weights included, and the part above the pre-run level). A side
+that runs out of memory is reported as such. Prints both sides and the ratios ours / diffusers.
+
+Models (--model): "tiny" = the tests' SD 1.5 structure at 32 channels (3.2M parameters, context width 32, 16 attn2
+layers, where attention is a large share of the work); "mini" = the tests' checkpoint UNet (320 channels, context
+768, two levels, 44M parameters); "sd15" (= --full-sd15) = the full SD 1.5 UNet (860M parameters).
+"""
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path[:0] = [os.path.join(REPO, "tests"), REPO]
+
+SD15_UNET_CONFIG = {
+    "use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True, "legacy": False,
+    "adm_in_channels": None, "in_channels": 4, "model_channels": 320, "num_res_blocks": [2, 2, 2, 2],
+    "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0], "channel_mult": [1, 2, 4, 4], "transformer_depth_middle": 1,
+    "use_linear_in_transformer": False, "context_dim": 768, "num_heads": 8,
+    "transformer_depth_output": [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0],
+    "use_temporal_attention": False, "use_temporal_resblock": False,
+}
+
+
+def unet_config(name):
+    import comfy_host
+
+    return {"tiny": comfy_host.TINY_UNET_CONFIG, "mini": comfy_host.CKPT_UNET_CONFIG, "sd15": SD15_UNET_CONFIG}[name]
+
+
+def diffusers_unet(cfg):
+    """A diffusers UNet2DConditionModel with the block structure of a ComfyUI SD 1.x unet_config."""
+    from diffusers import UNet2DConditionModel
+
+    levels, per_level = len(cfg["channel_mult"]), cfg["num_res_blocks"][0]
+    depth_out = cfg["transformer_depth_output"]  # ComfyUI pops it from the end: output block j gets [-(j + 1)]
+    down = ["CrossAttnDownBlock2D" if cfg["transformer_depth"][lv * per_level] else "DownBlock2D"
+            for lv in range(levels)]
+    up = ["CrossAttnUpBlock2D" if depth_out[len(depth_out) - 1 - u * (per_level + 1)] else "UpBlock2D"
+          for u in range(levels)]
+    return UNet2DConditionModel(
+        sample_size=cfg["image_size"], in_channels=4, out_channels=4, layers_per_block=per_level,
+        block_out_channels=tuple(cfg["model_channels"] * m for m in cfg["channel_mult"]),
+        down_block_types=tuple(down), up_block_types=tuple(up), cross_attention_dim=cfg["context_dim"],
+        attention_head_dim=cfg["num_heads"], use_linear_projection=cfg["use_linear_in_transformer"],
+        norm_num_groups=32,
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Booting ComfyUI on the requested device (comfy_host boots on the CPU only)
+
+def boot_comfy(device, attention="default"):
+    """ComfyUI in-process on `device`; attention "pytorch" is ComfyUI's --use-pytorch-cross-attention (its optimized
+    attention becomes PyTorch's fused scaled_dot_product_attention; the default on NVIDIA GPUs already)."""
+    import comfy_host
+
+    path = comfy_host.COMFYUI_PATH
+    if path not in sys.path:
+        sys.path.insert(0, path)
+    import comfy.options  # noqa: F401
+    from comfy.cli_args import args as comfy_args
+
+    comfy_args.use_pytorch_cross_attention = attention == "pytorch"
+    if device == "cpu":
+        comfy_host.boot_comfy()
+        return
+    # ComfyUI's import order matters (utils.extra_config before nodes: see comfy_host.boot_comfy)
+    # isort: off
+    import torch  # noqa: F401
+    import comfy.model_management as mm
+    import folder_paths
+    import utils.extra_config  # noqa: F401
+    import nodes
+    import execution  # noqa: F401
+    # isort: on
+
+    if mm.get_torch_device().type != "cuda":
+        sys.exit(f"ComfyUI did not come up on CUDA: {mm.get_torch_device()}")
+    root = tempfile.mkdtemp(prefix="p2pz-bench-")
+    for k, setter in (("input", folder_paths.set_input_directory), ("output", folder_paths.set_output_directory),
+                      ("temp", folder_paths.set_temp_directory)):
+        os.makedirs(os.path.join(root, k), exist_ok=True)
+        setter(os.path.join(root, k))
+    comfy_host._state.update(nodes=nodes, root=root, extra_nodes=True,
+                             dirs={k: os.path.join(root, k) for k in ("input", "output", "temp")})
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Measuring
+
+def _hwm_kib():
+    return int(re.search(r"VmHWM:\s+(\d+)", open("/proc/self/status").read()).group(1))
+
+
+def _rss_kib():
+    return int(re.search(r"VmRSS:\s+(\d+)", open("/proc/self/status").read()).group(1))
+
+
+class Meter:
+    """Wall time and peak memory above the level at start() of one run."""
+
+    def __init__(self, device):
+        self.device = device
+
+    def start(self):
+        import torch
+
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self.base = torch.cuda.memory_allocated()
+        else:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")  # resets VmHWM to the current resident set
+            self.base = _rss_kib() * 1024
+        self.t0 = time.perf_counter()
+
+    def stop(self):
+        import torch
+
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+            seconds = time.perf_counter() - self.t0
+            peak = torch.cuda.max_memory_allocated()
+        else:
+            seconds = time.perf_counter() - self.t0
+            peak = _hwm_kib() * 1024
+        return {"seconds": seconds, "peak_bytes": peak, "base_bytes": self.base, "delta_bytes": peak - self.base}
+
+
+def inputs(args, width):
+    import torch
+
+    g = torch.Generator().manual_seed(args.seed)
+    side = args.size // 8
+    latent = torch.randn(1, 4, side, side, generator=g)  # in the UNet's latent units (ComfyUI: after process_in)
+    caption = torch.randn(1, 77, width, generator=g)
+    direction = 0.3 * torch.randn(1, 77, width, generator=g)
+    return latent, caption, direction
+
+
+def run_ours(args, weights_path, cfg):
+    import torch
+
+    boot_comfy(args.device, args.attention)
+    import comfy.model_management as mm
+    import comfy.model_patcher
+    import comfy.supported_models
+    import comfy.utils
+    import comfy_host
+
+    comfy_host.load_pack()
+    dtype = torch.float16 if args.dtype == "fp16" else torch.float32
+    with torch.inference_mode():  # as CheckpointLoaderSimple runs: the weights are inference tensors
+        config = comfy.supported_models.SD15(dict(cfg))
+        config.set_inference_dtype(dtype, None)
+        model = config.get_model({})
+        model.diffusion_model.load_state_dict(comfy.utils.load_torch_file(weights_path))
+        model.eval()
+        patcher = comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(),
+                                                   offload_device=mm.unet_offload_device())
+    latent, caption, direction = inputs(args, cfg["context_dim"])
+    scale = model.latent_format.scale_factor
+    positive = [[caption, {}]]
+    edited = [[caption + direction, {}]]
+    image = {"samples": latent / scale}  # VAEEncode's units
+    meter = Meter(args.device)
+    results = []
+    for _ in range(args.repeats):
+        mm.load_models_gpu([patcher])  # weights on the device before the meter starts, as diffusers' are
+        meter.start()
+        inverted, _ = comfy_host.call_node(
+            "P2PZ_InvertLatent", model=patcher, conditioning=positive, latent=image, steps=args.steps,
+            schedule="diffusers", lambda_ac=20.0, lambda_kl=20.0, reg_steps=5, ac_rolls=5, seed=0)
+        out, _ = comfy_host.call_node(
+            "P2PZ_GuidedEdit", model=patcher, positive=positive, inverted_latent=inverted, steps=args.steps, cfg=5.0,
+            lambda_xa=0.1, guidance="references", edited_positive=edited)
+        results.append(meter.stop())
+        mm.unload_all_models()  # the next repeat starts from the same state (model loaded inside the nodes)
+        if args.device == "cuda":
+            torch.cuda.empty_cache()
+    return results, out["samples"] * scale
+
+
+def run_diffusers(args, weights_path, cfg):
+    import torch
+    from diffusers_tiny import tiny_pix2pix_zero_pipeline
+    from safetensors.torch import load_file
+
+    dtype = torch.float16 if args.dtype == "fp16" else torch.float32
+    unet = diffusers_unet(cfg)
+    unet.load_state_dict(load_file(weights_path), strict=True)
+    pipe = tiny_pix2pix_zero_pipeline(unet.eval()).to(args.device, dtype)
+    latent, caption, direction = (t.to(args.device, dtype) for t in inputs(args, cfg["context_dim"]))
+    meter = Meter(args.device)
+    results = []
+    for _ in range(args.repeats):
+        meter.start()
+        try:
+            inverted = pipe.invert(image=latent, prompt_embeds=caption, num_inference_steps=args.steps,
+                                   output_type="latent").latents
+            out = pipe(prompt_embeds=caption, negative_prompt_embeds=caption, source_embeds=torch.zeros_like(direction),
+                       target_embeds=direction, num_inference_steps=args.steps, guidance_scale=5.0,
+                       cross_attention_guidance_amount=0.1, latents=inverted, output_type="latent").images
+        except torch.OutOfMemoryError as e:
+            results.append({"oom": str(e).splitlines()[0], "peak_bytes": torch.cuda.max_memory_allocated()})
+            break
+        results.append(meter.stop())
+        if args.device == "cuda":
+            torch.cuda.empty_cache()
+    return results, out if not results[-1].get("oom") else None
+
+
+def child(args):
+    import torch
+
+    cfg = unet_config(args.model)
+    weights = os.path.join(args.workdir, f"{args.side}.safetensors")
+    results, edited = (run_ours if args.side == "ours" else run_diffusers)(args, weights, cfg)
+    if edited is not None:
+        torch.save(edited.float().cpu(), os.path.join(args.workdir, f"{args.side}_edited.pt"))
+    print("RESULT " + json.dumps({"side": args.side, "runs": results, "threads": torch.get_num_threads()}))
+
+
+def build_weights(args, workdir):
+    """One seeded UNet in ComfyUI's layout, saved twice: ComfyUI keys (ours) and diffusers keys (theirs)."""
+    import comfy_host
+    import torch
+    from safetensors.torch import save_file
+
+    comfy_host.boot_comfy()
+    import comfy.supported_models
+    import comfy.utils
+
+    cfg = unet_config(args.model)
+    config = comfy.supported_models.SD15(dict(cfg))
+    config.set_inference_dtype(torch.float32, None)
+    model = config.get_model({})
+    comfy_host.init_module_weights(model.diffusion_model, args.seed)
+    dtype = torch.float16 if args.dtype == "fp16" else torch.float32
+    state = {k: v.detach().to(dtype).contiguous() for k, v in model.diffusion_model.state_dict().items()}
+    save_file(state, os.path.join(workdir, "ours.safetensors"))
+    key_map = comfy.utils.unet_to_diffusers(cfg)  # diffusers key -> ComfyUI key
+    theirs = {k: state[key_map[k]] for k in diffusers_unet(cfg).state_dict()}
+    save_file(theirs, os.path.join(workdir, "diffusers.safetensors"))
+    return sum(v.numel() for v in state.values())
+
+
+def _fmt_bytes(n):
+    return f"{n / 2**20:8.1f} MiB" if n < 2**30 else f"{n / 2**30:8.2f} GiB"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="tiny", choices=("tiny", "mini", "sd15"))
+    parser.add_argument("--full-sd15", action="store_true", help="the full SD 1.5 UNet (same as --model sd15)")
+    parser.add_argument("--size", type=int, default=256, help="image size in pixels (latent = size / 8)")
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--dtype", default="fp32", choices=("fp32", "fp16"))
+    parser.add_argument("--repeats", type=int, default=2,
+                        help="runs per side, each in a fresh process, sides alternating; time: the best run, "
+                             "memory: the largest")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--attention", default="default", choices=("default", "pytorch"),
+                        help="ComfyUI's attention backend for our side: its default for the device (CPU: "
+                             "sub-quadratic), or pytorch (--use-pytorch-cross-attention: fused SDPA)")
+    parser.add_argument("--side", choices=("ours", "diffusers"), help=argparse.SUPPRESS)
+    parser.add_argument("--workdir", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.full_sd15:
+        args.model = "sd15"
+    if not os.environ.get("COMFYUI_PATH"):
+        sys.exit("set COMFYUI_PATH to a ComfyUI checkout (the benchmark runs the pack's nodes inside ComfyUI)")
+    if args.side:
+        return child(args)
+
+    import torch
+
+    with tempfile.TemporaryDirectory(prefix="p2pz-bench-edit-") as workdir:
+        params = build_weights(args, workdir)
+        print(f"UNet '{args.model}' ({params / 1e6:.1f}M parameters, {args.dtype}), {args.size} px "
+              f"(latent {args.size // 8}x{args.size // 8}), {args.steps} steps, invert + edit, device {args.device}, "
+              f"torch {torch.__version__}, ComfyUI attention: {args.attention}")
+        # Each run is a fresh process; the sides alternate so that a busy machine slows both alike.
+        sides = {"ours": {"runs": []}, "diffusers": {"runs": []}}
+        child_args = [f"--model={args.model}", f"--size={args.size}", f"--steps={args.steps}",
+                      f"--device={args.device}", f"--dtype={args.dtype}", f"--seed={args.seed}",
+                      f"--attention={args.attention}"]
+        for _ in range(args.repeats):
+            for side, record in sides.items():
+                if any("oom" in r for r in record["runs"]):
+                    continue
+                cmd = [sys.executable, os.path.abspath(__file__), "--side", side, "--workdir", workdir,
+                       "--repeats", "1"] + child_args
+                proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+                line = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+                if proc.returncode != 0 or not line:
+                    print(f"{side} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+                    return 1
+                result = json.loads(line[-1][len("RESULT "):])
+                record["runs"] += result["runs"]
+                record["threads"] = result["threads"]
+        print(f"threads: {sides['ours']['threads']}; memory = peak "
+              f"{'VRAM allocated' if args.device == 'cuda' else 'resident set'} during the run")
+        summary = {}
+        for side, data in sides.items():
+            runs = [r for r in data["runs"] if "seconds" in r]
+            oom = [r for r in data["runs"] if "oom" in r]
+            if not runs:
+                print(f"{side:>10}: OUT OF MEMORY ({oom[0]['oom']}), peak {_fmt_bytes(oom[0]['peak_bytes'])}")
+                continue
+            best = min(r["seconds"] for r in runs)
+            delta = max(r["delta_bytes"] for r in runs)
+            peak = max(r["peak_bytes"] for r in runs)
+            summary[side] = (best, delta, peak)
+            times = ", ".join(f"{r['seconds']:.2f}" for r in runs)
+            print(f"{side:>10}: time {best:8.2f} s (runs: {times})   peak above start {_fmt_bytes(delta)}"
+                  f"   peak {_fmt_bytes(peak)}")
+        if len(summary) == 2:
+            (to, mo, po), (td, md, pd) = summary["ours"], summary["diffusers"]
+            print(f"ratio ours / diffusers: time {to / td:.3f}   peak memory above start {mo / md:.3f}"
+                  f"   absolute peak {po / pd:.3f}")
+        ours = os.path.join(workdir, "ours_edited.pt")
+        theirs = os.path.join(workdir, "diffusers_edited.pt")
+        if os.path.exists(ours) and os.path.exists(theirs):
+            a, b = torch.load(ours, weights_only=True), torch.load(theirs, weights_only=True)
+            print(f"edited latents, max |ours - diffusers| / max |diffusers|: "
+                  f"{float((a - b).abs().max() / b.abs().max()):.2e} (random weights amplify rounding over the steps)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

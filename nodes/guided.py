@@ -1,0 +1,376 @@
+"""P2PZ_GuidedEdit: pix2pix-zero's cross-attention-guided editing sampler as a ComfyUI node.
+
+The loop is core.guidance's; this module connects it to ComfyUI's sampling machinery on a CLONE of the MODEL:
+- attn2 replace patches (every cross-attention layer, found by walking the diffusion model) compute the attention
+  probabilities explicitly while maps are wanted and hand them to the run's AttentionMaps, split by ComfyUI's
+  branch flags (`cond_or_uncond`); otherwise they call ComfyUI's optimized attention. Self-attention is untouched;
+- a model_function_wrapper lets one batched model call evaluate each CFG branch at its own latent (the references'
+  two guided copies), again by branch flags;
+- identity weight wrappers make comfy.ops copy each weight per forward: ComfyUI loads weights as inference tensors,
+  which autograd cannot save; the copies are normal tensors, and the shared model is never touched;
+- a CFGGuider holding the conds "positive", "negative" and "edited" (so ComfyUI preprocesses all three) runs a
+  custom KSAMPLER whose loop is core.guidance.guided_edit, evaluating conds with comfy.samplers.calc_cond_batch.
+"""
+import comfy.ldm.modules.attention as comfy_attention
+import comfy.model_management
+import comfy.model_sampling
+import comfy.samplers
+import comfy.utils
+import latent_preview
+import torch
+
+from ..core.attention import AttentionMaps, explicit_attention
+from ..core.guidance import CAPTION, EDITED, GUIDANCE_MODES, NEGATIVE, generation_sigmas, guided_edit, restate
+from ..core.inversion import check_latent
+from ..core.schedule import inversion_schedule
+from .common import CATEGORY, DIRECTION_TYPE, INVERSION_KEY, check_conditioning_batch
+
+COND_KEYS = {NEGATIVE: "negative", CAPTION: "positive", EDITED: "edited"}
+CFG_RANGE = (1.0, 30.0)
+LAMBDA_RANGE = (0.0, 1.0)
+
+
+class _Run:
+    """State of one guided sampling run, shared by its patches. Never copied: ModelPatcher.clone() deep-copies
+    model_options, and the patches must keep talking to this one object."""
+
+    def __init__(self):
+        self.maps = AttentionMaps()
+        self.branch_of_flag = {}  # index in the conds list given to calc_cond_batch -> branch name
+        self.inputs = None  # {flag: latent} when the branches of one call have different latents
+
+    def __deepcopy__(self, memo):
+        return self
+
+
+class _Attn2Maps:
+    """attn2 replace patch: explicit probabilities for the maps while they are wanted, else the fast path."""
+
+    def __init__(self, run, key, previous=None):
+        self.run, self.key, self.previous = run, key, previous
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def __call__(self, q, k, v, extra_options):
+        heads = extra_options["n_heads"]
+        precision = comfy_attention.get_attn_precision(extra_options.get("attn_precision"), q.dtype)
+        if self.run.maps.wants_maps:
+            flags = extra_options["cond_or_uncond"]
+            out, probs = explicit_attention(q, k, v, heads, upcast=precision == torch.float32)
+            if all(f in self.run.branch_of_flag for f in flags):
+                self.run.maps.observe_batch(self.key, probs, [self.run.branch_of_flag[f] for f in flags], heads)
+            if self.previous is None:
+                return out
+        if self.previous is not None:  # another pack's replace on this layer keeps producing the output
+            return self.previous(q, k, v, extra_options)
+        return comfy_attention.optimized_attention(q, k, v, heads, attn_precision=precision)
+
+
+class _BranchInputs:
+    """model_function_wrapper: gives each branch chunk of a batched call its own latent (chained to a previous
+    wrapper, if the MODEL had one)."""
+
+    def __init__(self, run, previous=None):
+        self.run, self.previous = run, previous
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def __call__(self, apply_model, args):
+        inputs = self.run.inputs
+        if inputs is not None:
+            args = dict(args, input=torch.cat([inputs[f] for f in args["cond_or_uncond"]]))
+        if self.previous is not None:
+            return self.previous(apply_model, args)
+        return apply_model(args["input"], args["timestep"], **args["c"])
+
+
+def _normal_tensor(weight):
+    """Identity weight wrapper. Its mere presence makes comfy.ops cast each weight with a copy at every forward;
+    inside torch.inference_mode(False) that copy is a normal tensor that autograd may save for the backward."""
+    return weight
+
+
+def attn2_layers(diffusion_model):
+    """{(block name, block id, index in the block): attn2 module} for every cross-attention layer of a UNet."""
+    from comfy.ldm.modules.attention import SpatialTransformer
+
+    layers = {}
+    groups = [("input", getattr(diffusion_model, "input_blocks", [])),
+              ("middle", [getattr(diffusion_model, "middle_block", [])]),
+              ("output", getattr(diffusion_model, "output_blocks", []))]
+    for name, blocks in groups:
+        for block_id, block in enumerate(blocks):
+            for module in block.modules():
+                if isinstance(module, SpatialTransformer):
+                    for index, transformer in enumerate(module.transformer_blocks):
+                        if getattr(transformer, "attn2", None) is not None:
+                            layers[(name, block_id, index)] = transformer.attn2
+    return layers
+
+
+def patched_model(model, run):
+    """A clone of `model` with the guidance patches; `model` itself is not modified."""
+    layers = attn2_layers(model.model.diffusion_model)
+    if not layers:
+        raise ValueError("this model has no cross-attention (attn2) layers in a UNet: pix2pix-zero needs an SD 1.x, "
+                         "SD 2.x or SDXL model")
+    clone = model.clone()
+    existing = clone.model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn2", {})
+    for key in layers:
+        previous = existing.get(key, existing.get(key[:2]))
+        clone.set_model_attn2_replace(_Attn2Maps(run, key, previous), *key)
+    clone.set_model_unet_function_wrapper(_BranchInputs(run, clone.model_options.get("model_function_wrapper")))
+    for name, module in clone.model.named_modules():
+        if hasattr(module, "weight_function") and name.startswith("diffusion_model."):
+            for param in ("weight", "bias"):
+                if getattr(module, param, None) is not None:
+                    clone.add_weight_wrapper(f"{name}.{param}", _normal_tensor)
+    return clone
+
+
+class _BranchDenoiser:
+    """core.guidance's BranchDenoiser over ComfyUI: calc_cond_batch on the processed conds of each branch."""
+
+    def __init__(self, guider, model_options, run):
+        self.guider, self.model_options, self.run = guider, model_options, run
+
+    def __call__(self, xs, sigma):
+        names = list(xs)
+        first = xs[names[0]]
+        conds = [self.guider.conds[COND_KEYS[b]] for b in names]
+        self.run.branch_of_flag = dict(enumerate(names))
+        self.run.inputs = None if all(xs[b] is first for b in names) else {i: xs[b] for i, b in enumerate(names)}
+        timestep = torch.full((first.shape[0],), sigma, dtype=first.dtype, device=first.device)
+        try:
+            out = comfy.samplers.calc_cond_batch(self.guider.inner_model, conds, first, timestep, self.model_options)
+        finally:
+            self.run.branch_of_flag, self.run.inputs = {}, None
+        return dict(zip(names, out))
+
+
+def _guided_sampler(run, settings, start_level, results):
+    """A ComfyUI SAMPLER whose loop is core.guidance.guided_edit (sigmas: the references' DDIM levels)."""
+
+    def sample_guided(model, x, sigmas, extra_args=None, callback=None, disable=None):
+        guider = model.inner_model  # KSamplerX0Inpaint -> the guider
+        denoise = _BranchDenoiser(guider, (extra_args or {}).get("model_options", {}), run)
+        levels = [float(s) for s in sigmas]
+
+        def on_step(step, x_edit, x_ref, eps, losses):
+            # Server runs check interruption in the progress hook; in-process runs only here.
+            comfy.model_management.throw_exception_if_processing_interrupted()
+            if callback is not None:
+                x0 = x_edit - eps * levels[step + 1]  # the edit's predicted clean latent, for the preview
+                callback({"i": step, "x": x_edit, "denoised": x0, "sigma": sigmas[step], "sigma_hat": sigmas[step]})
+
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        x = restate(x, start_level, levels[0])  # the inverted DDIM sample x_t, written at the first level
+        result = guided_edit(denoise, run.maps, x, sigmas, callback=on_step, **settings)
+        results["reconstruction"] = guider.inner_model.process_latent_out(result.reconstruction.to(torch.float32))
+        results["losses"] = result.losses
+        return result.edited
+
+    return comfy.samplers.KSAMPLER(sample_guided)
+
+
+class GuidedEditGuider(comfy.samplers.CFGGuider):
+    """A CFGGuider holding the edited caption as a third cond, so ComfyUI preprocesses it like the other two."""
+
+    def __init__(self, model_patcher, positive, negative, edited, cfg):
+        super().__init__(model_patcher)
+        self.inner_set_conds({"positive": positive, "negative": negative, "edited": edited})
+        self.set_cfg(cfg)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Input checks
+
+def _check_model(model):
+    sampling = model.get_model_object("model_sampling")
+    if not isinstance(sampling, comfy.model_sampling.EPS) or not hasattr(sampling, "sigmas"):
+        raise ValueError(
+            f"pix2pix-zero editing needs a discrete-time eps or v-prediction model (SD 1.x, SD 2.x, SDXL); this "
+            f"model samples with {type(sampling).__name__}"
+        )
+    layers = attn2_layers(model.model.diffusion_model)
+    if not layers:
+        raise ValueError("this model has no cross-attention (attn2) layers in a UNet: pix2pix-zero needs an SD 1.x, "
+                         "SD 2.x or SDXL model")
+    return sampling, next(iter(layers.values())).to_k.in_features
+
+
+def _check_conditioning(conditioning, what, width, batch):
+    if not conditioning:
+        raise ValueError(f"the {what} conditioning is empty: connect a CLIPTextEncode output")
+    if len(conditioning) != 1:
+        raise ValueError(
+            f"the {what} conditioning has {len(conditioning)} entries (ConditioningCombine, area or timestep-range "
+            "nodes): pix2pix-zero holds the cross-attention maps of one prompt, so give it a single CLIPTextEncode "
+            "output (ConditioningConcat keeps one entry for long prompts)"
+        )
+    tensor, extra = conditioning[0]
+    unsupported = [k for k in ("area", "mask", "control", "gligen") if extra.get(k) is not None]
+    if unsupported or not (extra.get("start_percent", 0.0) <= 0.0 and extra.get("end_percent", 1.0) >= 1.0):
+        raise ValueError(
+            f"the {what} conditioning carries {', '.join(unsupported) or 'a timestep range'}: the guided sampler "
+            "supports plain text conditioning only (no areas, masks, ControlNets, GLIGEN or timestep ranges)"
+        )
+    if tensor.shape[-1] != width:
+        raise ValueError(
+            f"the {what} conditioning is {tensor.shape[-1]} wide but this model's cross-attention expects "
+            f"{width}: encode it with the CLIP of the same checkpoint"
+        )
+    check_conditioning_batch(conditioning, batch, f"{what} conditioning")
+
+
+def _schedule_of(latent, model_sampling, steps):
+    """(generation sigmas, level the inverted latent is at) after checking the latent's inversion record."""
+    samples = latent["samples"]
+    table = model_sampling.sigmas
+    sigmas = generation_sigmas(table, steps)
+    info = latent.get(INVERSION_KEY)
+    if info is None:  # a latent inverted otherwise (e.g. stock FlipSigmas + ddim_uniform): at the first level
+        return sigmas, float(sigmas[0])
+    if int(info["steps"]) != steps:
+        raise ValueError(
+            f"the inverted latent was made with {info['steps']} inversion steps but steps is {steps}: set steps to "
+            f"{info['steps']}, or invert again with {steps} steps (the edit retraces the inversion's schedule)"
+        )
+    if list(samples.shape) != list(info["shape"]):
+        raise ValueError(
+            f"the inverted latent is {list(samples.shape)} but its inversion produced {info['shape']}: it was "
+            "resized, cropped or re-batched after the inversion. Edit the latent exactly as P2PZ_InvertLatent "
+            "returned it"
+        )
+    expected = inversion_schedule(table, steps, info["schedule"]).levels
+    recorded = torch.tensor(info["levels"], dtype=expected.dtype)
+    if not torch.allclose(recorded, expected, rtol=1e-4, atol=0):
+        raise ValueError(
+            "the inverted latent was made with a model of another noise schedule (e.g. v-prediction/zsnr settings "
+            "changed): invert and edit with the same MODEL"
+        )
+    return sigmas, float(recorded[-1])
+
+
+def _check_range(name, value, bounds):
+    low, high = bounds
+    if not (low <= value <= high):
+        raise ValueError(f"{name} must be between {low} and {high}, got {value}")
+
+
+class GuidedEdit:
+    DESCRIPTION = (
+        "pix2pix-zero's editing sampler: regenerates the inverted latent twice in lock step, once with the caption "
+        "(the reconstruction) and once with the caption moved along the edit direction, and at every step nudges "
+        "the edit's latent so its cross-attention maps stay those of the reconstruction: the edit changes what "
+        "the direction names while the image's layout survives."
+    )
+    CATEGORY = CATEGORY
+    FUNCTION = "edit"
+    RETURN_TYPES = ("LATENT", "LATENT")
+    RETURN_NAMES = ("edited_latent", "reconstruction")
+    OUTPUT_TOOLTIPS = (
+        "The edited image latent (decode with VAEDecode).",
+        "The image regenerated from the inverted latent with the caption alone (what the edit is held to).",
+    )
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model": ("MODEL", {"tooltip": "The SD 1.x, SD 2.x or SDXL model used for the inversion. It is not modified; LoRAs and other patches on it apply."}),
+                "positive": ("CONDITIONING", {"tooltip": "The caption of the image (CLIPTextEncode), the same conditioning used for the inversion."}),
+                "inverted_latent": ("LATENT", {"tooltip": "The inverted_latent output of P2PZ_InvertLatent (or a latent inverted with the same steps by stock nodes)."}),
+                "steps": ("INT", {"default": 50, "min": 1, "max": 500, "tooltip": "DDIM steps: must equal the inversion's steps (50 as the references)."}),
+                "cfg": ("FLOAT", {"default": 5.0, "min": CFG_RANGE[0], "max": CFG_RANGE[1], "step": 0.1, "round": 0.01, "tooltip": "Classifier-free guidance scale. 5 with the caption as negative for real images (the authors' setting); 1 turns CFG off."}),
+                "lambda_xa": ("FLOAT", {"default": 0.1, "min": LAMBDA_RANGE[0], "max": LAMBDA_RANGE[1], "step": 0.005, "round": 0.0001, "tooltip": "Cross-attention guidance strength: 0.1 for real images, 0.15 for generated ones; v-prediction models (SD 2.x 768) need <= 0.01. 0 turns the guidance off (a plain prompt edit)."}),
+                "guidance": (list(GUIDANCE_MODES), {"default": "references", "tooltip": "references: as the authors' code and diffusers (both CFG copies guided, the negative copy carried on). paper: the paper's formulation (only the edited branch guided, the guided latent carried on)."}),
+            },
+            "optional": {
+                "negative": ("CONDITIONING", {"tooltip": "Negative prompt. Not connected: the caption itself, the authors' setting for real images (its reference pass then costs one model call per step instead of two). Use an empty prompt for generated images."}),
+                "direction": (DIRECTION_TYPE, {"tooltip": "The edit direction (e.g. cat -> dog), added to every token of the caption."}),
+                "direction_multiplier": ("FLOAT", {"default": 1.0, "min": -5.0, "max": 5.0, "step": 0.05, "tooltip": "Scales the direction (the authors' demo uses 0..2; negative values reverse the edit)."}),
+                "edited_positive": ("CONDITIONING", {"tooltip": "An already edited caption conditioning, used instead of a direction (same prompt length as the caption)."}),
+            },
+        }
+
+    def edit(self, model, positive, inverted_latent, steps, cfg, lambda_xa, guidance, negative=None, direction=None,
+             direction_multiplier=1.0, edited_positive=None):
+        _check_range("cfg", cfg, CFG_RANGE)
+        _check_range("lambda_xa", lambda_xa, LAMBDA_RANGE)
+        if guidance not in GUIDANCE_MODES:
+            raise ValueError(f"unknown guidance {guidance!r}; choose one of {', '.join(GUIDANCE_MODES)}")
+        model_sampling, width = _check_model(model)
+        samples = inverted_latent["samples"]
+        check_latent(samples, channels=model.get_model_object("latent_format").latent_channels,
+                     what="inverted latent")
+        sigmas, start_level = _schedule_of(inverted_latent, model_sampling, steps)
+
+        if (direction is None) == (edited_positive is None):
+            raise ValueError("connect either an edit direction or an edited_positive conditioning (exactly one)")
+        if direction is not None:
+            if direction.width != width:
+                raise ValueError(
+                    f"the edit direction {direction.name!r} is {direction.width} wide but this model's "
+                    f"cross-attention expects {width}: build the direction with the CLIP of this checkpoint"
+                )
+            from .direction import edit_conditioning
+
+            edited_positive = edit_conditioning(positive, direction, direction_multiplier)
+        negative_is_caption = negative is None or _same_conditioning(negative, positive)
+        negative = positive if negative is None else negative
+        batch = samples.shape[0]
+        for cond, what in ((positive, "positive"), (negative, "negative"), (edited_positive, "edited_positive")):
+            _check_conditioning(cond, what, width, batch)
+        if edited_positive[0][0].shape[1] != positive[0][0].shape[1]:
+            raise ValueError(
+                f"edited_positive has {edited_positive[0][0].shape[1]} tokens but the caption has "
+                f"{positive[0][0].shape[1]}: their cross-attention maps cannot be compared; edit the caption itself"
+            )
+
+        run = _Run()
+        patched = patched_model(model, run)
+        settings = {"cfg": cfg, "lambda_xa": lambda_xa, "mode": guidance, "negative_is_caption": negative_is_caption}
+        results = {}
+        guider = GuidedEditGuider(patched, positive, negative, edited_positive, cfg)
+        edited = guider.sample(
+            torch.zeros_like(samples),  # no noise is added: the inverted latent is the starting point
+            samples,
+            _guided_sampler(run, settings, start_level, results),
+            sigmas,
+            callback=latent_preview.prepare_callback(patched, steps),
+            disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED,
+            seed=0,
+        )
+        device = comfy.model_management.intermediate_device()
+        out_edit = {k: v for k, v in inverted_latent.items() if k != INVERSION_KEY}
+        out_edit["samples"] = edited.to(device)
+        out_ref = dict(out_edit, samples=results["reconstruction"].to(device))
+        return (out_edit, out_ref)
+
+
+def _same_conditioning(a, b):
+    """True when two CONDITIONING lists are the same prompt (same tensors and options): then the reference's CFG
+    pair is provably one model evaluation."""
+    if a is b:
+        return True
+    if len(a) != len(b):
+        return False
+    for (ta, ea), (tb, eb) in zip(a, b):
+        if ta.shape != tb.shape or not torch.equal(ta, tb) or ea.keys() != eb.keys():
+            return False
+        for key in ea:
+            va, vb = ea[key], eb[key]
+            if isinstance(va, torch.Tensor) or isinstance(vb, torch.Tensor):
+                if not (isinstance(va, torch.Tensor) and isinstance(vb, torch.Tensor) and va.shape == vb.shape
+                        and torch.equal(va, vb)):
+                    return False
+            elif va != vb:
+                return False
+    return True
+
+
+NODE_CLASS_MAPPINGS = {"P2PZ_GuidedEdit": GuidedEdit}
+NODE_DISPLAY_NAME_MAPPINGS = {"P2PZ_GuidedEdit": "Guided Edit (pix2pix-zero cross-attention guidance)"}
