@@ -17,11 +17,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
+
+from .files import atomic_write
 
 __all__ = [
     "DIRECTION_FORMAT",
@@ -241,9 +242,6 @@ def save_direction(path, direction: EditDirection, overwrite: bool = False) -> s
     """Write ``direction`` to ``path`` (.safetensors) atomically; refuse to replace a file unless ``overwrite``."""
     from safetensors.torch import save_file
 
-    path = os.fspath(path)
-    if os.path.exists(path) and not overwrite:
-        raise FileExistsError(f"{path!r} already exists: choose another name (nothing was written)")
     tensors = {"embedding": direction.embedding.detach().to("cpu", torch.float32).contiguous()}
     if direction.pooled is not None:
         tensors["pooled"] = direction.pooled.detach().to("cpu", torch.float32).contiguous()
@@ -259,19 +257,7 @@ def save_direction(path, direction: EditDirection, overwrite: bool = False) -> s
     }
     if direction.extra:
         metadata["extra"] = json.dumps(dict(direction.extra), sort_keys=True)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=directory)
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        if not overwrite and os.path.exists(path):
-            raise FileExistsError(f"{path!r} appeared while saving: choose another name (nothing was written)")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+    return atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata), overwrite=overwrite)
 
 
 def load_direction(path) -> EditDirection:

@@ -28,12 +28,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import uuid
 from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .files import atomic_write
 
 ARCHITECTURE = "p2pz-resunet"
 FILE_FORMAT = "p2pz-student"
@@ -401,19 +402,8 @@ def atomic_save_safetensors(tensors: dict, path: str, metadata: dict[str, str], 
     existing file unless `overwrite` (this pack never overwrites a user's file)."""
     from safetensors.torch import save_file
 
-    path = os.path.abspath(path)
-    if not overwrite and os.path.exists(path):
-        raise FileExistsError(f"{path} already exists; this pack never overwrites a file: choose another name")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        save_file({k: v.detach().contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
-        if not overwrite and os.path.exists(path):
-            raise FileExistsError(f"{path} appeared while writing; this pack never overwrites a file")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    tensors = {k: v.detach().contiguous() for k, v in tensors.items()}
+    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata=metadata), overwrite=overwrite)
 
 
 def student_metadata(model: StudentGenerator, *, edit: str = "", resolution: int = 0, training_steps: int = 0,

@@ -99,5 +99,49 @@ class InvertLatent:
         return (out, inv_schedule.regeneration_sigmas())
 
 
-NODE_CLASS_MAPPINGS = {"P2PZ_InvertLatent": InvertLatent}
-NODE_DISPLAY_NAME_MAPPINGS = {"P2PZ_InvertLatent": "Invert Latent (pix2pix-zero regularized DDIM)"}
+class NoiseLatent:
+    DESCRIPTION = (
+        "The starting noise of a synthetic edit (an image generated from a prompt, then edited): seeded Gaussian "
+        "noise at the first DDIM level, carrying the step schedule like an inverted latent. The guided sampler's "
+        "reconstruction output is then the generated image, and its edited output the edit of it."
+    )
+    CATEGORY = CATEGORY
+    FUNCTION = "noise"
+    RETURN_TYPES = ("LATENT",)
+    RETURN_NAMES = ("noise_latent",)
+    OUTPUT_TOOLTIPS = ("x_T for the pix2pix-zero guided sampler (use the same steps there).",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model": ("MODEL", {"tooltip": "The model that will generate and edit (for its noise schedule and latent channels)."}),
+                "width": ("INT", {"default": 512, "min": 64, "max": 8192, "step": 8, "tooltip": "Image width in pixels (512 for SD 1.x, 768 for SD 2.x-v, 1024 for SDXL)."}),
+                "height": ("INT", {"default": 512, "min": 64, "max": 8192, "step": 8, "tooltip": "Image height in pixels."}),
+                "batch_size": ("INT", {"default": 1, "min": 1, "max": 64, "tooltip": "Images per batch, each with its own noise."}),
+                "steps": ("INT", {"default": 50, "min": 1, "max": 500, "tooltip": "DDIM steps of the guided sampler (50 as the references)."}),
+                "seed": SEED_INPUT,
+            }
+        }
+
+    def noise(self, model, width, height, batch_size, steps, seed):
+        model_sampling = model.get_model_object("model_sampling")
+        if not isinstance(model_sampling, comfy.model_sampling.EPS) or not hasattr(model_sampling, "sigmas"):
+            raise ValueError("pix2pix-zero needs a discrete-time eps or v-prediction model (SD 1.x, SD 2.x, SDXL)")
+        channels = model.get_model_object("latent_format").latent_channels
+        schedule = inversion_schedule(model_sampling.sigmas, steps, "diffusers")
+        # The same draw as ComfyUI's prepare_noise (KSampler) for this seed, from a private generator.
+        generator = torch.Generator(device="cpu").manual_seed(seed)
+        shape = [batch_size, channels, height // 8, width // 8]
+        noise = torch.randn(shape, generator=generator, dtype=torch.float32)
+        # DDIM starts from x_T = noise; in ComfyUI's sigma space that is noise * sqrt(1 + sigma_T^2).
+        samples = noise * (1.0 + float(schedule.levels[-1]) ** 2) ** 0.5
+        info = dict(schedule.to_dict(), shape=shape, seed=seed)
+        return ({"samples": samples.to(comfy.model_management.intermediate_device()), INVERSION_KEY: info},)
+
+
+NODE_CLASS_MAPPINGS = {"P2PZ_InvertLatent": InvertLatent, "P2PZ_NoiseLatent": NoiseLatent}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "P2PZ_InvertLatent": "Invert Latent (pix2pix-zero regularized DDIM)",
+    "P2PZ_NoiseLatent": "Noise Latent for a Synthetic Edit (pix2pix-zero)",
+}

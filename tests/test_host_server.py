@@ -1,0 +1,144 @@
+"""End to end: a real ComfyUI server (a subprocess on 127.0.0.1, a free port) with this pack in its custom_nodes and
+tiny models in a temporary models folder; /object_info, then every example workflow in API form, images back from
+/history. The server is always stopped by the test itself (comfy_server's context manager)."""
+import glob
+import json
+import os
+import shutil
+
+import pytest
+
+from comfy_server import comfy_server
+from official_data import copy_photo
+from scripts.workflow_api import check_widget_values, ui_to_api, widget_values
+
+pytestmark = pytest.mark.host
+
+WORKFLOWS = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "example_workflows", "*.json")))
+# Small sizes and step counts so every workflow runs in seconds on a CPU with the tiny models.
+FAST = {"steps": 3, "count": 12, "width": 64, "height": 64, "max_steps": 4}
+TINY_BLIP = "tiny-blip"
+TINY_STUDENT = "tiny_student.safetensors"
+
+
+@pytest.fixture(scope="module")
+def base_dir(comfy, pack_nodes, tiny_checkpoint_name, tmp_path_factory):
+    """A ComfyUI base directory: tiny checkpoint, tiny BLIP, tiny student, an input photo."""
+    import folder_paths
+
+    from tiny_blip import save_tiny_blip
+
+    base = tmp_path_factory.mktemp("comfy-base")
+    models = base / "models"
+    (models / "checkpoints").mkdir(parents=True)
+    source = folder_paths.get_full_path("checkpoints", tiny_checkpoint_name)
+    os.symlink(source, models / "checkpoints" / tiny_checkpoint_name)
+    save_tiny_blip(str(models / "blip" / TINY_BLIP))
+    (base / "input").mkdir()
+    copy_photo("cat_1.png", str(base / "input"))
+    shutil.copy(base / "input" / "cat_1.png", base / "input" / "example.png")
+    _write_direction(comfy, tiny_checkpoint_name, models / "pix2pix_zero_directions" / "cat_to_dog.safetensors")
+    students = models / "pix2pix_zero_students"
+    students.mkdir()
+    _write_tiny_student(students / TINY_STUDENT)
+    return base
+
+
+def _write_direction(comfy, checkpoint, path):
+    """The direction the reuse example loads, made with the tiny checkpoint's CLIP (so it fits its width)."""
+    from core.direction import save_direction
+
+    clip = comfy.call_node("CheckpointLoaderSimple", ckpt_name=checkpoint)[1]
+    direction = comfy.call_node("P2PZ_BuildDirection", clip=clip, source="cat", target="dog",
+                                sentence_source="generated", count=FAST["count"], seed=0)[0]
+    save_direction(path, direction)
+
+
+def _write_tiny_student(path):
+    from core.student import StudentConfig, build_student, save_student
+
+    model = build_student(StudentConfig(base_channels=8, num_res_blocks=1), seed=0)
+    save_student(str(path), model, edit="cat -> dog", resolution=64)
+
+
+@pytest.fixture(scope="module")
+def server(base_dir):
+    with comfy_server(base_dir) as s:
+        yield s
+
+
+def test_object_info_lists_every_node_with_description_and_tooltips(server, pack_nodes):
+    info = server.get("/object_info")
+    ours = {name for name, d in info.items() if d.get("python_module", "").endswith("comfyui-pix2pix-zero")}
+    assert ours == set(pack_nodes), (sorted(ours), sorted(pack_nodes))
+    for name in sorted(ours):
+        d = info[name]
+        assert name.startswith("P2PZ_") and d["category"] == "pix2pix-zero", name
+        assert len(d["description"]) > 40, f"{name}: no description"
+        for section in ("required", "optional"):
+            for input_name, spec in (d["input"].get(section) or {}).items():
+                options = spec[1] if len(spec) > 1 else {}
+                assert options.get("tooltip"), f"{name}.{input_name}: no tooltip"
+        assert len(d.get("output_tooltips") or []) == len(d["output"]), f"{name}: output tooltips"
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=[os.path.basename(p) for p in WORKFLOWS])
+def test_example_workflow_loads_and_runs(server, base_dir, tiny_checkpoint_name, path):
+    with open(path, encoding="utf-8") as f:
+        workflow = json.load(f)
+    definitions = server.get("/object_info")
+
+    # Loads without missing nodes or invalid widget values (model files are the user's to download).
+    missing = sorted({n["type"] for n in workflow["nodes"]} - set(definitions) - {"Note", "MarkdownNote"})
+    assert not missing, f"unknown node types {missing}"
+    model_inputs = ("ckpt_name", "blip_model", "student_name", "direction_name", "image")
+    assert check_widget_values(workflow, definitions, model_inputs) == []
+    _check_model_properties(workflow, definitions)
+
+    prompt = ui_to_api(workflow, definitions)
+    _use_tiny_models(prompt, tiny_checkpoint_name)
+    _make_fast(prompt)
+    prompt_id = server.post_prompt(prompt)
+    entry = server.wait_history(prompt_id, timeout=900)
+    if not any(n["class_type"] == "SaveImage" for n in prompt.values()):  # building a direction: saves a file
+        texts = [t for out in entry["outputs"].values() for t in out.get("text", [])]
+        assert any("saved" in t for t in texts), entry["outputs"]
+        return
+    images = [img for out in entry["outputs"].values() for img in out.get("images", []) if img["type"] == "output"]
+    assert images, f"no saved image in {entry['outputs']}"
+    png = server.view(images[0])
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def _check_model_properties(workflow, definitions):
+    """Every model loader names the file it needs, where it goes and where to download it."""
+    for node in workflow["nodes"]:
+        if node["type"] != "CheckpointLoaderSimple":
+            continue
+        models = node.get("properties", {}).get("models") or []
+        assert models, f"node {node['id']}: no properties.models"
+        name = widget_values(node, definitions["CheckpointLoaderSimple"])["ckpt_name"]
+        assert {m["name"] for m in models} >= {name}
+        for m in models:
+            assert m["directory"] == "checkpoints" and m["url"].startswith("https://") and m["name"].endswith(".safetensors")
+
+
+def _use_tiny_models(prompt, checkpoint):
+    for node in prompt.values():
+        inputs = node["inputs"]
+        if node["class_type"] == "CheckpointLoaderSimple":
+            inputs["ckpt_name"] = checkpoint
+        elif node["class_type"] == "P2PZ_BLIPCaption":
+            inputs["blip_model"] = TINY_BLIP
+        elif node["class_type"] == "P2PZ_LoadStudent":
+            inputs["student_name"] = TINY_STUDENT
+
+
+def _make_fast(prompt):
+    for node in prompt.values():
+        inputs = node["inputs"]
+        for key in ("steps", "count"):
+            if isinstance(inputs.get(key), int):
+                inputs[key] = min(inputs[key], FAST[key])
+        if node["class_type"] in ("ImageScale", "EmptyLatentImage", "P2PZ_NoiseLatent"):
+            inputs["width"], inputs["height"] = FAST["width"], FAST["height"]
