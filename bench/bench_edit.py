@@ -13,8 +13,9 @@ FRESH subprocess so that one side's memory cannot hide in the other's:
 Same latent, caption embedding and direction, same size and steps; regularization at the references' defaults
 (lambda_ac 20, lambda_kl 20, 5 x 5 steps). Default (reference-faithful) guidance mode.
 
-Measured per side, around invert + edit only (model loading excluded): wall time (the best of --repeats runs) and
-peak memory above the level just before the run. CPU: the process's resident-set high-water mark (VmHWM, reset
+Measured per side, around invert + edit only (model loading excluded): wall time (the best of --repeats runs), the
+process's CPU time (user + system; on a machine shared with other work it shows the work done far more steadily than
+wall time) and peak memory above the level just before the run. CPU: the process's resident-set high-water mark (VmHWM, reset
 through /proc/self/clear_refs right before the run, so everything torch allocates counts and nothing before);
 CUDA: torch.cuda.max_memory_allocated (absolute, weights included, and the part above the pre-run level). A side
 that runs out of memory is reported as such. Prints both sides and the ratios ours / diffusers.
@@ -117,6 +118,15 @@ def _hwm_kib():
     return int(re.search(r"VmHWM:\s+(\d+)", open("/proc/self/status").read()).group(1))
 
 
+def _cpu_seconds():
+    """User + system CPU time of this process: the work done, much less sensitive than wall time to other
+    processes sharing the CPU."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _rss_kib():
     return int(re.search(r"VmRSS:\s+(\d+)", open("/proc/self/status").read()).group(1))
 
@@ -138,6 +148,7 @@ class Meter:
             with open("/proc/self/clear_refs", "w") as f:
                 f.write("5")  # resets VmHWM to the current resident set
             self.base = _rss_kib() * 1024
+        self.cpu0 = _cpu_seconds()
         self.t0 = time.perf_counter()
 
     def stop(self):
@@ -150,7 +161,8 @@ class Meter:
         else:
             seconds = time.perf_counter() - self.t0
             peak = _hwm_kib() * 1024
-        return {"seconds": seconds, "peak_bytes": peak, "base_bytes": self.base, "delta_bytes": peak - self.base}
+        return {"seconds": seconds, "cpu_seconds": _cpu_seconds() - self.cpu0, "peak_bytes": peak,
+                "base_bytes": self.base, "delta_bytes": peak - self.base}
 
 
 def inputs(args, width):
@@ -336,16 +348,17 @@ def main():
                 print(f"{side:>10}: OUT OF MEMORY ({oom[0]['oom']}), peak {_fmt_bytes(oom[0]['peak_bytes'])}")
                 continue
             best = min(r["seconds"] for r in runs)
+            cpu = min(r["cpu_seconds"] for r in runs)
             delta = max(r["delta_bytes"] for r in runs)
             peak = max(r["peak_bytes"] for r in runs)
-            summary[side] = (best, delta, peak)
+            summary[side] = (best, delta, peak, cpu)
             times = ", ".join(f"{r['seconds']:.2f}" for r in runs)
-            print(f"{side:>10}: time {best:8.2f} s (runs: {times})   peak above start {_fmt_bytes(delta)}"
-                  f"   peak {_fmt_bytes(peak)}")
+            print(f"{side:>10}: time {best:8.2f} s (runs: {times})   CPU time {cpu:8.2f} s   peak above start "
+                  f"{_fmt_bytes(delta)}   peak {_fmt_bytes(peak)}")
         if len(summary) == 2:
-            (to, mo, po), (td, md, pd) = summary["ours"], summary["diffusers"]
-            print(f"ratio ours / diffusers: time {to / td:.3f}   peak memory above start {mo / md:.3f}"
-                  f"   absolute peak {po / pd:.3f}")
+            (to, mo, po, co), (td, md, pd, cd) = summary["ours"], summary["diffusers"]
+            print(f"ratio ours / diffusers: time {to / td:.3f}   CPU time {co / cd:.3f}   peak memory above start "
+                  f"{mo / md:.3f}   absolute peak {po / pd:.3f}")
         ours = os.path.join(workdir, "ours_edited.pt")
         theirs = os.path.join(workdir, "diffusers_edited.pt")
         if os.path.exists(ours) and os.path.exists(theirs):
