@@ -57,3 +57,17 @@ def model_files(folder_name: str, extensions) -> list:
 
     exts = tuple(e.lower() for e in extensions)
     return sorted(f for f in folder_paths.get_filename_list(folder_name) if f.lower().endswith(exts))
+
+
+def discrete_model_sampling(model, what: str):
+    """The MODEL's model_sampling, after checking it is a discrete-time eps or v-prediction model (SD 1.x, SD 2.x,
+    SDXL): pix2pix-zero walks that model's DDIM timestep table. ``what`` names the step that needs it."""
+    import comfy.model_sampling
+
+    sampling = model.get_model_object("model_sampling")
+    if not isinstance(sampling, comfy.model_sampling.EPS) or not hasattr(sampling, "sigmas"):
+        raise ValueError(
+            f"pix2pix-zero {what} needs a discrete-time eps or v-prediction model (SD 1.x, SD 2.x, SDXL); this "
+            f"model samples with {type(sampling).__name__}"
+        )
+    return sampling

@@ -13,7 +13,6 @@ The loop is core.guidance's; this module connects it to ComfyUI's sampling machi
 """
 import comfy.ldm.modules.attention as comfy_attention
 import comfy.model_management
-import comfy.model_sampling
 import comfy.samplers
 import comfy.utils
 import latent_preview
@@ -23,7 +22,7 @@ from ..core.attention import AttentionMaps, explicit_attention
 from ..core.guidance import CAPTION, EDITED, GUIDANCE_MODES, NEGATIVE, generation_sigmas, guided_edit, restate
 from ..core.inversion import check_latent
 from ..core.schedule import inversion_schedule
-from .common import CATEGORY, DIRECTION_TYPE, INVERSION_KEY, check_conditioning_batch
+from .common import CATEGORY, DIRECTION_TYPE, INVERSION_KEY, check_conditioning_batch, discrete_model_sampling
 
 COND_KEYS = {NEGATIVE: "negative", CAPTION: "positive", EDITED: "edited"}
 CFG_RANGE = (1.0, 30.0)
@@ -201,12 +200,7 @@ class GuidedEditGuider(comfy.samplers.CFGGuider):
 # Input checks
 
 def _check_model(model):
-    sampling = model.get_model_object("model_sampling")
-    if not isinstance(sampling, comfy.model_sampling.EPS) or not hasattr(sampling, "sigmas"):
-        raise ValueError(
-            f"pix2pix-zero editing needs a discrete-time eps or v-prediction model (SD 1.x, SD 2.x, SDXL); this "
-            f"model samples with {type(sampling).__name__}"
-        )
+    sampling = discrete_model_sampling(model, "editing")
     layers = attn2_layers(model.model.diffusion_model)
     if not layers:
         raise ValueError("this model has no cross-attention (attn2) layers in a UNet: pix2pix-zero needs an SD 1.x, "

@@ -2,13 +2,12 @@
 import torch
 
 import comfy.model_management
-import comfy.model_sampling
 import comfy.samplers
 import comfy.utils
 import latent_preview
 
 from ..core import SCHEDULES, check_latent, invert_latent, inversion_schedule
-from .common import CATEGORY, INVERSION_KEY, SEED_INPUT, check_conditioning_batch
+from .common import CATEGORY, INVERSION_KEY, SEED_INPUT, check_conditioning_batch, discrete_model_sampling
 
 
 def _inversion_sampler(schedule, generator, reg):
@@ -66,12 +65,7 @@ class InvertLatent:
         }
 
     def invert(self, model, conditioning, latent, steps, schedule, lambda_ac, lambda_kl, reg_steps, ac_rolls, seed):
-        model_sampling = model.get_model_object("model_sampling")
-        if not isinstance(model_sampling, comfy.model_sampling.EPS) or not hasattr(model_sampling, "sigmas"):
-            raise ValueError(
-                f"pix2pix-zero inversion needs a discrete-time eps or v-prediction model (SD 1.x, SD 2.x, SDXL); "
-                f"this model samples with {type(model_sampling).__name__}"
-            )
+        model_sampling = discrete_model_sampling(model, "inversion")
         samples = latent["samples"]
         channels = model.get_model_object("latent_format").latent_channels
         check_latent(samples, channels=channels, what="latent to invert")
@@ -125,9 +119,7 @@ class NoiseLatent:
         }
 
     def noise(self, model, width, height, batch_size, steps, seed):
-        model_sampling = model.get_model_object("model_sampling")
-        if not isinstance(model_sampling, comfy.model_sampling.EPS) or not hasattr(model_sampling, "sigmas"):
-            raise ValueError("pix2pix-zero needs a discrete-time eps or v-prediction model (SD 1.x, SD 2.x, SDXL)")
+        model_sampling = discrete_model_sampling(model, "synthetic editing")
         channels = model.get_model_object("latent_format").latent_channels
         schedule = inversion_schedule(model_sampling.sigmas, steps, "diffusers")
         # The same draw as ComfyUI's prepare_noise (KSampler) for this seed, from a private generator.
