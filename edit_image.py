@@ -10,7 +10,6 @@ ComfyUI this pack is installed in (custom_nodes/<pack>/). Run it with ComfyUI's 
 ComfyUI's models folders (and its extra_model_paths.yaml).
 """
 import argparse
-import asyncio
 import os
 import shutil
 import sys
@@ -20,6 +19,7 @@ import time
 PACK_DIR = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_WORKFLOW = os.path.join(PACK_DIR, "example_workflows", "pix2pix_zero_real_photo.json")
 sys.path.insert(0, PACK_DIR)
+from scripts import comfy_host  # noqa: E402
 from scripts.workflow_api import node_definitions_from_classes, set_widget, ui_to_api  # noqa: E402
 
 
@@ -27,45 +27,21 @@ class CommandError(Exception):
     """A problem the user can fix; printed without a traceback."""
 
 
-def find_comfyui(explicit):
-    candidates = [explicit, os.environ.get("COMFYUI_PATH"), os.path.dirname(os.path.dirname(PACK_DIR))]
-    for path in candidates:
-        if path and os.path.isfile(os.path.join(path, "main.py")) and os.path.isdir(os.path.join(path, "comfy")):
-            return os.path.abspath(path)
-    raise CommandError("ComfyUI not found: pass --comfyui /path/to/ComfyUI, set COMFYUI_PATH, or install this pack "
-                       "in ComfyUI/custom_nodes/")
-
-
-def boot_comfyui(comfyui, cpu, input_dir, base_directory=None):
-    """Import ComfyUI as main.py does (its defaults, its extra_model_paths.yaml), then load this pack."""
-    sys.path.insert(0, comfyui)
-    import comfy.options  # noqa: F401  (command-line parsing stays off: ComfyUI's defaults)
-    from comfy.cli_args import args
-
-    if base_directory:  # as main.py --base-directory: models/, output/, ... under that folder (read by folder_paths)
-        args.base_directory = os.path.abspath(base_directory)
-
+def boot(comfyui, cpu, input_dir, base_directory=None):
+    """ComfyUI as main.py starts it (its defaults, its extra_model_paths.yaml; the CPU when asked or when there is
+    no GPU), with this pack loaded; returns ComfyUI's ``nodes`` module."""
     import torch
 
     accelerators = [torch.cuda.is_available(), getattr(torch, "xpu", None) is not None and torch.xpu.is_available(),
                     torch.backends.mps.is_available()]
     if not cpu and not any(accelerators):
         print("no GPU found: running on the CPU (slow: minutes per step at 512 px)", flush=True)
-    args.cpu = args.cpu or cpu or not any(accelerators)
-    import utils.extra_config
-    yaml_path = os.path.join(comfyui, "extra_model_paths.yaml")
-    if os.path.isfile(yaml_path):
-        utils.extra_config.load_extra_path_config(yaml_path)
-    import folder_paths
-    import nodes
-
-    folder_paths.set_input_directory(input_dir)
-    asyncio.run(nodes.init_extra_nodes(init_custom_nodes=False, init_api_nodes=False))
-    if "P2PZ_GuidedEdit" not in nodes.NODE_CLASS_MAPPINGS:
-        ok = asyncio.run(nodes.load_custom_node(PACK_DIR, ignore=set(nodes.NODE_CLASS_MAPPINGS),
-                                                module_parent="custom_nodes"))
-        if not ok:
-            raise CommandError(f"ComfyUI could not load this pack from {PACK_DIR}: see the log above")
+    try:
+        nodes = comfy_host.boot(comfyui, device="cpu" if cpu or not any(accelerators) else "auto",
+                                base_directory=base_directory, input_dir=input_dir, extra_model_paths=True)
+        comfy_host.load_pack()
+    except comfy_host.HostError as e:
+        raise CommandError(str(e)) from None
     return nodes
 
 
@@ -92,23 +68,13 @@ def check_blip(nodes, prompt):
                 raise CommandError(str(e)) from None
 
 
-class ConsoleServer:
-    """What ComfyUI's executor needs of its server; prints which node runs."""
-
-    def __init__(self, prompt):
-        # The executor only reports progress to a server with a client id.
-        self.prompt, self.client_id, self.last_node_id, self.last_prompt_id = prompt, "edit_image", None, None
-        self.sockets_metadata = {}
-        self.started = time.monotonic()
-
-    def send_sync(self, event, data, sid=None):
+def print_node(prompt, started):
+    """An ``on_message`` for comfy_host.run_prompt: print which node runs, as ComfyUI's console does."""
+    def on_message(event, data):
         if event == "executing" and data.get("node") is not None:
-            node = data["node"]
-            kind = self.prompt.get(node, {}).get("class_type", "?")
-            print(f"[{time.monotonic() - self.started:7.1f} s] node {node}: {kind}", flush=True)
-
-    def queue_updated(self):
-        pass
+            kind = prompt.get(data["node"], {}).get("class_type", "?")
+            print(f"[{time.monotonic() - started:7.1f} s] node {data['node']}: {kind}", flush=True)
+    return on_message
 
 
 def progress_hook(value, total, preview, prompt_id=None, node_id=None):
@@ -119,7 +85,10 @@ def progress_hook(value, total, preview, prompt_id=None, node_id=None):
 
 
 def run(args):
-    comfyui = find_comfyui(args.comfyui)
+    try:
+        comfyui = comfy_host.find_comfyui(args.comfyui)
+    except comfy_host.HostError as e:
+        raise CommandError(str(e)) from None
     image = os.path.abspath(args.image)
     if not os.path.isfile(image):
         raise CommandError(f"image not found: {image}")
@@ -133,9 +102,8 @@ def run(args):
     input_dir = tempfile.mkdtemp(prefix="p2pz-input-")
     try:
         shutil.copy(image, os.path.join(input_dir, os.path.basename(image)))
-        nodes = boot_comfyui(comfyui, args.cpu, input_dir, args.base_directory)
+        nodes = boot(comfyui, args.cpu, input_dir, args.base_directory)
         import comfy.utils
-        import execution
 
         check_checkpoint(workflow, args.checkpoint)
         defs = node_definitions_from_classes(nodes.NODE_CLASS_MAPPINGS)
@@ -162,26 +130,22 @@ def run(args):
         decoded_by = prompt[saves[0]]["inputs"]["images"][0]
         # The edit is written to --output; keep ComfyUI's output folder out of it (a preview goes to its temp folder).
         prompt[saves[0]] = {"class_type": "PreviewImage", "inputs": {"images": prompt[saves[0]]["inputs"]["images"]}}
+        captions = [i for i, n in prompt.items() if n["class_type"] == "P2PZ_BLIPCaption"]
 
-        ok, error, outputs, node_errors = asyncio.run(execution.validate_prompt("p2pz-edit", prompt, None))
-        if not ok:
-            details = "; ".join(f"node {k} ({v['class_type']}): " + ", ".join(e["details"] or e["message"] for e in v["errors"])
-                                for k, v in (node_errors or {}).items())
-            raise CommandError(f"ComfyUI rejected the workflow: {error.get('message')}. {details}")
         comfy.utils.set_progress_bar_global_hook(progress_hook)
-        executor = execution.PromptExecutor(ConsoleServer(prompt))
-        executor.execute(prompt, "p2pz-edit", {"client_id": "edit_image"}, outputs)  # progress goes to a client
-        if not executor.success:
-            for event, data in executor.status_messages:
-                if event == "execution_error":
-                    kind = str(data.get('exception_type')).rsplit('.', 1)[-1]
-                    raise CommandError(f"node {data.get('node_id')} ({data.get('node_type')}) failed: "
-                                       f"{kind}: {data.get('exception_message')}")
-            raise CommandError("ComfyUI did not finish the workflow")
-        for node_id, node in prompt.items():
-            if node["class_type"] == "P2PZ_BLIPCaption":
-                print(f"caption: {executor.caches.outputs.get(node_id)[0][0]}")
-        images = executor.caches.outputs.get(decoded_by)[0][0]
+        try:
+            result = comfy_host.run_prompt(prompt, capture=[decoded_by] + captions,
+                                           on_message=print_node(prompt, time.monotonic()))
+        except comfy_host.PromptError as e:
+            if e.node_errors:
+                details = "; ".join(f"node {k} ({v['class_type']}): " +
+                                    ", ".join(x["details"] or x["message"] for x in v["errors"])
+                                    for k, v in e.node_errors.items())
+                raise CommandError(f"ComfyUI rejected the workflow: {details}") from None
+            raise CommandError(str(e).split("\n", 1)[0]) from None
+        for node_id in captions:
+            print(f"caption: {comfy_host.node_output(result, node_id)}")
+        images = comfy_host.node_output(result, decoded_by)
         save_png(images[0], output)
         print(f"wrote {output}")
     finally:

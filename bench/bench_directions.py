@@ -15,7 +15,7 @@ import time
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path[:0] = [os.path.join(REPO, "tests"), REPO]
+sys.path.insert(0, REPO)
 
 
 def main():
@@ -26,9 +26,9 @@ def main():
     if not os.environ.get("COMFYUI_PATH"):
         sys.exit("set COMFYUI_PATH to a ComfyUI checkout (the benchmark runs the pack's ComfyUI encoder)")
 
-    import comfy_host
-    if args.device == "cpu":
-        comfy_host.boot_comfy()
+    from scripts import comfy_host, tiny_models
+
+    comfy_host.boot(device=args.device)
     pack = comfy_host.pack_module()
     direction_nodes = sys.modules[pack.__name__ + ".nodes.direction"]
     import torch
@@ -44,11 +44,11 @@ def main():
           f"{len(sentences)} sentences")
     print(f"{'encoder':<34} {'params':>8} {'batched s':>10} {'sent/s':>9} {'one-by-one sent/s':>18} "
           f"{'direction s':>12}")
-    for label, config in (("tiny CLIP (2 layers, 32 wide)", dict(comfy_host.TINY_CLIP_CONFIG)),
+    for label, config in (("tiny CLIP (2 layers, 32 wide)", dict(tiny_models.TINY_CLIP_CONFIG)),
                           ("CLIP-L (12 layers, 768 wide)", {})):
         target = ClipTarget(comfy.sd1_clip.SD1Tokenizer, comfy.sd1_clip.SD1ClipModel)
         clip = comfy.sd.CLIP(target, model_options={"clip_l_model_config": config, "dtype": torch.float32})
-        comfy_host.init_module_weights(clip.cond_stage_model, 0)
+        tiny_models.init_module_weights(clip.cond_stage_model, 0)
         params = sum(p.numel() for p in clip.cond_stage_model.parameters())
         encode = direction_nodes.clip_sentence_encoder(clip)
         with torch.inference_mode():

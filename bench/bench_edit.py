@@ -35,7 +35,7 @@ import time
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path[:0] = [os.path.join(REPO, "tests"), REPO]
+sys.path.insert(0, REPO)
 
 SD15_UNET_CONFIG = {
     "use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True, "legacy": False,
@@ -48,9 +48,9 @@ SD15_UNET_CONFIG = {
 
 
 def unet_config(name):
-    import comfy_host
+    from scripts import tiny_models
 
-    return {"tiny": comfy_host.TINY_UNET_CONFIG, "mini": comfy_host.CKPT_UNET_CONFIG, "sd15": SD15_UNET_CONFIG}[name]
+    return {"tiny": tiny_models.TINY_UNET_CONFIG, "mini": tiny_models.CKPT_UNET_CONFIG, "sd15": SD15_UNET_CONFIG}[name]
 
 
 def diffusers_unet(cfg):
@@ -70,45 +70,6 @@ def diffusers_unet(cfg):
         attention_head_dim=cfg["num_heads"], use_linear_projection=cfg["use_linear_in_transformer"],
         norm_num_groups=32,
     )
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Booting ComfyUI on the requested device (comfy_host boots on the CPU only)
-
-def boot_comfy(device, attention="default"):
-    """ComfyUI in-process on `device`; attention "pytorch" is ComfyUI's --use-pytorch-cross-attention (its optimized
-    attention becomes PyTorch's fused scaled_dot_product_attention; the default on NVIDIA GPUs already)."""
-    import comfy_host
-
-    path = comfy_host.COMFYUI_PATH
-    if path not in sys.path:
-        sys.path.insert(0, path)
-    import comfy.options  # noqa: F401
-    from comfy.cli_args import args as comfy_args
-
-    comfy_args.use_pytorch_cross_attention = attention == "pytorch"
-    if device == "cpu":
-        comfy_host.boot_comfy()
-        return
-    # ComfyUI's import order matters (utils.extra_config before nodes: see comfy_host.boot_comfy)
-    # isort: off
-    import torch  # noqa: F401
-    import comfy.model_management as mm
-    import folder_paths
-    import utils.extra_config  # noqa: F401
-    import nodes
-    import execution  # noqa: F401
-    # isort: on
-
-    if mm.get_torch_device().type != "cuda":
-        sys.exit(f"ComfyUI did not come up on CUDA: {mm.get_torch_device()}")
-    root = tempfile.mkdtemp(prefix="p2pz-bench-")
-    for k, setter in (("input", folder_paths.set_input_directory), ("output", folder_paths.set_output_directory),
-                      ("temp", folder_paths.set_temp_directory)):
-        os.makedirs(os.path.join(root, k), exist_ok=True)
-        setter(os.path.join(root, k))
-    comfy_host._state.update(nodes=nodes, root=root, extra_nodes=True,
-                             dirs={k: os.path.join(root, k) for k in ("input", "output", "temp")})
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -179,14 +140,16 @@ def inputs(args, width):
 def run_ours(args, weights_path, cfg):
     import torch
 
-    boot_comfy(args.device, args.attention)
+    from scripts import comfy_host
+
+    # attention "pytorch" is ComfyUI's --use-pytorch-cross-attention (fused SDPA; the default on NVIDIA GPUs)
+    comfy_host.boot(device=args.device, attention=args.attention if args.attention == "pytorch" else None)
+    comfy_host.load_pack()
     import comfy.model_management as mm
     import comfy.model_patcher
     import comfy.supported_models
     import comfy.utils
-    import comfy_host
 
-    comfy_host.load_pack()
     dtype = torch.float16 if args.dtype == "fp16" else torch.float32
     with torch.inference_mode():  # as CheckpointLoaderSimple runs: the weights are inference tensors
         config = comfy.supported_models.SD15(dict(cfg))
@@ -221,7 +184,7 @@ def run_ours(args, weights_path, cfg):
 
 def run_diffusers(args, weights_path, cfg):
     import torch
-    from diffusers_tiny import tiny_pix2pix_zero_pipeline
+    from scripts.diffusers_tiny import tiny_pix2pix_zero_pipeline
     from safetensors.torch import load_file
 
     dtype = torch.float16 if args.dtype == "fp16" else torch.float32
@@ -261,11 +224,12 @@ def child(args):
 
 def build_weights(args, workdir):
     """One seeded UNet in ComfyUI's layout, saved twice: ComfyUI keys (ours) and diffusers keys (theirs)."""
-    import comfy_host
     import torch
     from safetensors.torch import save_file
 
-    comfy_host.boot_comfy()
+    from scripts import comfy_host, tiny_models
+
+    comfy_host.boot(device="cpu")
     import comfy.supported_models
     import comfy.utils
 
@@ -273,7 +237,7 @@ def build_weights(args, workdir):
     config = comfy.supported_models.SD15(dict(cfg))
     config.set_inference_dtype(torch.float32, None)
     model = config.get_model({})
-    comfy_host.init_module_weights(model.diffusion_model, args.seed)
+    tiny_models.init_module_weights(model.diffusion_model, args.seed)
     dtype = torch.float16 if args.dtype == "fp16" else torch.float32
     state = {k: v.detach().to(dtype).contiguous() for k, v in model.diffusion_model.state_dict().items()}
     save_file(state, os.path.join(workdir, "ours.safetensors"))

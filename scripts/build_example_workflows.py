@@ -11,7 +11,7 @@ import sys
 
 PACK_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT_DIR = os.path.join(PACK_DIR, "example_workflows")
-sys.path[:0] = [os.path.join(PACK_DIR, "tests"), PACK_DIR]
+sys.path.insert(0, PACK_DIR)
 
 SD15 = {
     "name": "v1-5-pruned-emaonly-fp16.safetensors",
@@ -213,9 +213,9 @@ def direction_reuse(defs, classes):
 
 
 def main():
-    import comfy_host
+    from scripts import comfy_host
 
-    nodes = comfy_host.boot_comfy()
+    nodes = comfy_host.boot(device="cpu")
     comfy_host.load_pack()
     from scripts.workflow_api import node_definitions_from_classes
 

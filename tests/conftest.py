@@ -6,7 +6,7 @@
 - Tests marked ``host`` need a real ComfyUI checkout named by the environment variable COMFYUI_PATH; without it
   they are skipped. A test that uses one of the host fixtures below is marked ``host`` automatically.
 - Host fixtures (all session-scoped; they share one in-process ComfyUI):
-    comfy               -> the tests/comfy_host.py module, with ComfyUI booted on the CPU (comfy.run_prompt, ...)
+    comfy               -> the pack's scripts/comfy_host.py module, ComfyUI booted on the CPU (comfy.run_prompt, ...)
     pack_nodes          -> this pack's NODE_CLASS_MAPPINGS, loaded through ComfyUI's own load_custom_node
     tiny_sd15_objects   -> (MODEL, CLIP, VAE) tiny float32 SD 1.5-shaped objects, seed 0 (shared: clone before
                            patching, never mutate)
@@ -25,6 +25,7 @@ import tempfile
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import pytest  # noqa: E402
+from scripts import tiny_models
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -105,15 +106,15 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
 def _require_comfy():
     if _comfyui_path() is None:
         pytest.skip(HOST_SKIP_REASON)
-    import comfy_host
+    from scripts import comfy_host
     return comfy_host
 
 
 @pytest.fixture(scope="session")
 def comfy():
-    """The comfy_host helper module with ComfyUI booted in-process on the CPU (no custom nodes loaded)."""
+    """The pack's comfy_host module with ComfyUI booted in-process on the CPU (the pack not loaded yet)."""
     host = _require_comfy()
-    host.boot_comfy()
+    host.boot(device="cpu")
     return host
 
 
@@ -126,7 +127,7 @@ def pack_nodes(comfy):
 @pytest.fixture(scope="session")
 def tiny_sd15_objects(comfy):
     """(model_patcher, clip, vae): tiny SD 1.5-shaped float32 objects from seed 0. Shared by the whole session."""
-    return comfy.tiny_sd15(seed=0)
+    return tiny_models.tiny_sd15(seed=0)
 
 
 def host_cache_dir():
@@ -138,6 +139,6 @@ def host_cache_dir():
 def tiny_checkpoint_name(comfy):
     """File name of the tiny SD 1.5 checkpoint, registered in ComfyUI's "checkpoints" folders."""
     cache_dir = host_cache_dir()
-    path = comfy.tiny_sd15_checkpoint(cache_dir)
-    comfy.use_models_dir(cache_dir)
+    path = tiny_models.tiny_sd15_checkpoint(cache_dir)
+    tiny_models.use_models_dir(cache_dir)
     return os.path.basename(path)

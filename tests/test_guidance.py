@@ -10,7 +10,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from diffusers_tiny import SD_BETAS, alphas_cumprod, tiny_pix2pix_zero_pipeline, tiny_unet
+from scripts.diffusers_tiny import SD_BETAS, alphas_cumprod, tiny_pix2pix_zero_pipeline, tiny_unet
 
 from core import sigmas_from_alphas_cumprod
 from core.attention import AttentionMaps, explicit_attention

@@ -3,6 +3,7 @@ SD 1.5-layout UNet is copied into a diffusers UNet2DConditionModel with ComfyUI'
 (comfy.utils.unet_to_diffusers), then both invert the same latent with the same caption embedding."""
 import pytest
 import torch
+from scripts import tiny_models
 
 pytestmark = pytest.mark.host
 
@@ -12,9 +13,7 @@ def _diffusers_twin(comfy_model):
     import comfy.utils
     from diffusers import UNet2DConditionModel
 
-    import comfy_host
-
-    cfg = comfy_host.TINY_UNET_CONFIG
+    cfg = tiny_models.TINY_UNET_CONFIG
     unet = UNet2DConditionModel(
         sample_size=cfg["image_size"], in_channels=4, out_channels=4, layers_per_block=2,
         block_out_channels=tuple(cfg["model_channels"] * m for m in cfg["channel_mult"]),
@@ -35,7 +34,7 @@ def test_inversion_matches_diffusers_on_shared_weights(comfy, tiny_sd15_objects,
     latent's scale: ComfyUI's CPU attention (sub-quadratic) differs from diffusers' by up to ~4e-4 per UNet call at
     this size. Only 1-2 steps: a raw random network amplifies those differences (5 steps: 3e-2), the same
     amplification tests/test_inversion.py measures and bounds end to end against diffusers' own sensitivity."""
-    from diffusers_tiny import tiny_pix2pix_zero_pipeline
+    from scripts.diffusers_tiny import tiny_pix2pix_zero_pipeline
 
     model, clip, vae = tiny_sd15_objects
     cond = comfy.call_node("CLIPTextEncode", clip=clip, text="a photo of a cat")[0]

@@ -6,6 +6,7 @@ import types
 
 import pytest
 import torch
+from scripts import tiny_models
 
 pytestmark = pytest.mark.host
 
@@ -80,7 +81,7 @@ def _tiny_clip(kind):
         options = {"clip_l_model_config": dict(TINY, hidden_size=32, projection_dim=32),
                    "clip_g_model_config": dict(TINY, hidden_size=48, projection_dim=48)}
     clip = comfy.sd.CLIP(target, model_options=dict(options, dtype=torch.float32))
-    from comfy_host import init_module_weights
+    from scripts.tiny_models import init_module_weights
     init_module_weights(clip.cond_stage_model, 11)
     return clip
 
@@ -262,6 +263,6 @@ def test_authors_pt_files_import_and_apply(comfy, tiny_checkpoint_name, directio
     fp16 = comfy.call_node("P2PZ_ImportWordEmbeddings", source_file="horse.pt", target_file="zebra.pt")[0]
     assert fp16.embedding.dtype == torch.float32 and fp16.embedding.shape == (1, 77, 768)
 
-    tiny_caption = comfy.call_node("CLIPTextEncode", clip=comfy.tiny_sd15(0)[1], text="a cat")[0]
+    tiny_caption = comfy.call_node("CLIPTextEncode", clip=tiny_models.tiny_sd15(0)[1], text="a cat")[0]
     with pytest.raises(ValueError, match=r"768 wide .* 32 wide"):
         comfy.call_node("P2PZ_ApplyDirection", conditioning=tiny_caption, direction=d, multiplier=1.0)

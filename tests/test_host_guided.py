@@ -5,6 +5,8 @@ import sys
 import pytest
 import torch
 
+from scripts import tiny_models
+
 pytestmark = pytest.mark.host
 
 NODE = "P2PZ_GuidedEdit"
@@ -41,7 +43,7 @@ def _tiny_model(comfy, layout, seed=0):
     from comfy.model_patcher import ModelPatcher
 
     if layout == "sd15":
-        config, kind, width, pooled = sm.SD15(dict(comfy.TINY_UNET_CONFIG)), mb.ModelType.EPS, 32, None
+        config, kind, width, pooled = sm.SD15(dict(tiny_models.TINY_UNET_CONFIG)), mb.ModelType.EPS, 32, None
     elif layout == "sd2v":
         config, kind, width, pooled = sm.SD20(dict(_SD2)), mb.ModelType.V_PREDICTION, 64, None
     else:
@@ -51,7 +53,7 @@ def _tiny_model(comfy, layout, seed=0):
     config.set_inference_dtype(torch.float32, None)
     with torch.inference_mode():
         model = (mb.SDXL if layout == "sdxl" else mb.BaseModel)(config, model_type=kind)
-        comfy.init_module_weights(model.diffusion_model, seed)
+        tiny_models.init_module_weights(model.diffusion_model, seed)
         model.eval()
     patcher = ModelPatcher(model, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device())
     return patcher, width, pooled
@@ -226,7 +228,7 @@ def test_parity_with_diffusers_pipeline_on_shared_weights(comfy, tiny_sd15_objec
     float64 vs float32. Both sides lie within it of the float64 result, so within 2x of each other; the bound is
     10x, plus 1e-6. Only 2 steps: a raw random network amplifies such differences step after step (the CI parity
     tests check every step, and a whole run, against the pipeline with diffusers' own UNet)."""
-    from diffusers_tiny import tiny_pix2pix_zero_pipeline
+    from scripts.diffusers_tiny import tiny_pix2pix_zero_pipeline
     from test_host_diffusers_parity import _diffusers_twin
 
     model, clip, _ = tiny_sd15_objects

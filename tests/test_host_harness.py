@@ -6,6 +6,7 @@ torch is imported inside the tests: collecting this file without COMFYUI_PATH mu
 import os
 
 import pytest
+from scripts import tiny_models
 
 pytestmark = pytest.mark.host
 
@@ -59,9 +60,9 @@ def test_tiny_objects_are_deterministic(comfy, tiny_sd15_objects):
 def test_tiny_sd15_is_reproducible_from_its_seed(comfy):
     import torch
 
-    a = comfy.tiny_sd15(seed=3)
-    b = comfy.tiny_sd15(seed=3)
-    c = comfy.tiny_sd15(seed=4)
+    a = tiny_models.tiny_sd15(seed=3)
+    b = tiny_models.tiny_sd15(seed=3)
+    c = tiny_models.tiny_sd15(seed=4)
     sd_a = a[0].model.diffusion_model.state_dict()
     sd_b = b[0].model.diffusion_model.state_dict()
     sd_c = c[0].model.diffusion_model.state_dict()

@@ -5,6 +5,7 @@ import os
 import pytest
 import torch
 from official_data import copy_photo
+from scripts import tiny_models
 
 pytestmark = pytest.mark.host
 
@@ -42,7 +43,7 @@ def _smooth_model(comfy, v_prediction=False):
     input-sensitive for DDIM inversion to be exact; see tests/diffusers_tiny.py). The UNet sees
     0.001 * x + a fixed pattern: scaling conv_in alone would be undone by GroupNorm (one channel per group here).
     Done with a unet wrapper on a clone, the same mechanism other packs' patches use."""
-    model, clip, vae = comfy.tiny_sd15(seed=3)
+    model, clip, vae = tiny_models.tiny_sd15(seed=3)
     unet = model.model.diffusion_model
     with torch.no_grad():
         unet.out[-1].weight.mul_(3.0)  # unit-like noise predictions

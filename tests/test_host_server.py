@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-from comfy_server import comfy_server
+from scripts.comfy_host import comfy_server
 from official_data import copy_photo
 from scripts.workflow_api import check_widget_values, ui_to_api, widget_values
 

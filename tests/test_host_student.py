@@ -12,6 +12,7 @@ from safetensors.torch import save_file
 
 from core.student import StudentConfig, apply_student, build_student, save_student
 from core.student_data import list_pairs, read_image
+from scripts import tiny_models
 
 pytestmark = pytest.mark.host
 
@@ -175,7 +176,7 @@ def test_train_node_trains_resumes_and_uses_the_vae_encoder(comfy, pack_nodes, s
     imgs = torch.nn.functional.interpolate(torch.rand(4, 3, 4, 4, generator=g), size=(32, 32), mode="bilinear")
     save_pairs(pairs, imgs, imgs[:, [2, 1, 0]], record={"edit": "red -> blue"})
     with torch.inference_mode():
-        _, _, vae = comfy.tiny_sd15(seed=1)
+        _, _, vae = tiny_models.tiny_sd15(seed=1)
     assert next(vae.first_stage_model.parameters()).is_inference()
 
     folder_paths.add_model_folder_path(FOLDER, students_dir, is_default=True)  # write there, not in models/
@@ -200,7 +201,7 @@ def test_train_node_trains_resumes_and_uses_the_vae_encoder(comfy, pack_nodes, s
 def test_vae_features_work_on_comfyui_vae_encoders(comfy):
     from core.student import FeaturePerceptualLoss, vae_encoder_features
 
-    _, _, vae = comfy.tiny_sd15(seed=2)
+    _, _, vae = tiny_models.tiny_sd15(seed=2)
     features = vae_encoder_features(vae.first_stage_model.encoder, num_levels=3)
     assert features.layer_names == ["down.0.block.0", "down.1.block.0", "down.2.block.0"]
     x = torch.rand(1, 3, 32, 32, requires_grad=True)

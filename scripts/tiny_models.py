@@ -1,0 +1,249 @@
+"""Tiny Stable Diffusion models with seeded random weights, built at run time in ComfyUI's real layouts, for the
+tests and the benchmarks (no downloads; nothing is ever committed). ComfyUI must be booted first
+(``scripts.comfy_host.boot``).
+
+  init_module_weights(module, seed)        torch's default init on every layer, deterministic from the seed
+  tiny_sd15(seed=0) -> (MODEL, CLIP, VAE)  tiny SD 1.5-shaped ComfyUI objects, float32
+  tiny_sd15_checkpoint(cache_dir, seed=0)  a small fp16 checkpoint file CheckpointLoaderSimple detects as SD 1.5
+  use_models_dir(path)                     adds ``<path>/checkpoints`` to ComfyUI's checkpoint folders
+"""
+import hashlib
+import json
+import os
+import uuid
+
+from scripts import comfy_host
+from scripts.comfy_host import call_node
+
+_verified = set()
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Deterministic weights
+# ----------------------------------------------------------------------------------------------------------------
+
+def _torch_reset_owner(module):
+    """The torch.nn class whose reset_parameters applies to ``module`` (comfy.ops overrides it with a no-op)."""
+    for cls in type(module).__mro__:
+        if cls.__module__.startswith("torch.nn.modules") and "reset_parameters" in cls.__dict__:
+            return cls
+    return None
+
+
+def init_module_weights(module, seed):
+    """Initialise every torch.nn layer inside ``module`` with torch's default init, deterministically from ``seed``.
+
+    comfy.ops layers (disable_weight_init / manual_cast) skip initialisation and hold torch.empty memory, and their
+    own reset_parameters does nothing, so the torch.nn base class's reset_parameters is called explicitly. Parameters
+    owned directly by non-torch.nn modules (TAESD's vae_scale/vae_shift, CLIP's logit_scale) keep their constructor
+    values. The global RNG state is left untouched. Returns the module.
+    """
+    import torch
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.manual_seed(seed)
+        for m in module.modules():
+            owner = _torch_reset_owner(m)
+            if owner is not None:
+                owner.reset_parameters(m)
+    for name, p in module.named_parameters():
+        if not torch.isfinite(p).all():
+            raise RuntimeError(f"parameter {name} is not finite after init")
+    return module
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Tiny SD 1.5 objects (direct construction)
+# ----------------------------------------------------------------------------------------------------------------
+
+# SD 1.5's structure (4 levels, 2 res blocks, attention on the first three levels, 16 attn2 layers: input 1,2,4,5,
+# 7,8; middle 0; output 3..11) at model_channels 32 and context_dim 32.
+TINY_UNET_CONFIG = {
+    "use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True, "legacy": False,
+    "adm_in_channels": None, "in_channels": 4, "model_channels": 32, "num_res_blocks": [2, 2, 2, 2],
+    "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0], "channel_mult": [1, 2, 2, 2], "transformer_depth_middle": 1,
+    "use_linear_in_transformer": False, "context_dim": 32, "num_heads": 8,
+    "transformer_depth_output": [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0],
+    "use_temporal_attention": False, "use_temporal_resblock": False,
+}
+# Overrides of ComfyUI's CLIP-L config (comfy/sd1_clip_config.json): hidden 32 = TINY_UNET_CONFIG["context_dim"].
+TINY_CLIP_CONFIG = {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 4, "num_hidden_layers": 2,
+                    "projection_dim": 32}
+# A 4-level KL autoencoder (downscale 8, 4 latent channels) with 32 base channels.
+TINY_VAE_DDCONFIG = {"double_z": True, "z_channels": 4, "resolution": 64, "in_channels": 3, "out_ch": 3, "ch": 32,
+                     "ch_mult": [1, 2, 2, 2], "num_res_blocks": 1, "attn_resolutions": [], "dropout": 0.0}
+
+
+def tiny_sd15(seed=0):
+    """Build ``(model_patcher, clip, vae)``: tiny, float32, SD 1.5-shaped, weights deterministic from ``seed``.
+
+    - MODEL: ``comfy.supported_models.SD15(TINY_UNET_CONFIG)`` -> set_inference_dtype(float32) -> get_model({}) (an
+      eps-prediction BaseModel) wrapped in a ModelPatcher (CPU load/offload devices).
+    - CLIP: ``comfy.sd.CLIP(ClipTarget(SD1Tokenizer, SD1ClipModel))`` with ``clip_l_model_config`` = TINY_CLIP_CONFIG
+      (2 layers, hidden 32), dtype float32 (ComfyUI's CPU default for text encoders would be fp16). The real CLIP-L
+      tokenizer (bundled with ComfyUI) is used, so any prompt text works.
+    - VAE: ``comfy.sd.VAE`` around an AutoencoderKL with TINY_VAE_DDCONFIG, dtype float32.
+    About 3.2M + 1.6M + 0.4M parameters; stock nodes (CLIPTextEncode, KSampler, VAEEncode, VAEDecode) accept them.
+    Weights: seed for the UNet, seed + 1 for the text encoder, seed + 2 for the VAE.
+    """
+    import torch
+    import comfy.model_management as mm
+    import comfy.model_patcher
+    import comfy.sd
+    import comfy.sd1_clip
+    import comfy.supported_models
+    import comfy.supported_models_base
+    from comfy.ldm.models.autoencoder import AutoencoderKL
+
+    model_config = comfy.supported_models.SD15(TINY_UNET_CONFIG)
+    model_config.set_inference_dtype(torch.float32, None)
+    model = model_config.get_model({})
+    init_module_weights(model.diffusion_model, seed)
+    model.eval()
+    patcher = comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(),
+                                               offload_device=mm.unet_offload_device())
+
+    target = comfy.supported_models_base.ClipTarget(comfy.sd1_clip.SD1Tokenizer, comfy.sd1_clip.SD1ClipModel)
+    clip = comfy.sd.CLIP(target, model_options={"clip_l_model_config": dict(TINY_CLIP_CONFIG),
+                                                "dtype": torch.float32})
+    init_module_weights(clip.cond_stage_model, seed + 1)
+
+    vae_sd = _seeded_state_dict(lambda: AutoencoderKL(ddconfig=dict(TINY_VAE_DDCONFIG), embed_dim=4), seed + 2)
+    vae = comfy.sd.VAE(sd=vae_sd, config={"params": {"ddconfig": dict(TINY_VAE_DDCONFIG), "embed_dim": 4}},
+                       dtype=torch.float32)
+    return patcher, clip, vae
+
+
+def _seeded_state_dict(factory, seed):
+    import torch
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        module = factory()
+    init_module_weights(module, seed)
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Tiny SD 1.5 checkpoint file
+# ----------------------------------------------------------------------------------------------------------------
+
+# What model detection needs to call it SD 1.5: model_channels 320, context_dim 768 (attn2 to_k), conv proj_in,
+# 4 input channels, no label_emb. The rest is free, so: two levels, one res block each, attention on level 0 and
+# the middle (44M parameters).
+CKPT_UNET_CONFIG = {
+    "use_checkpoint": False, "image_size": 32, "out_channels": 4, "use_spatial_transformer": True, "legacy": False,
+    "adm_in_channels": None, "in_channels": 4, "model_channels": 320, "num_res_blocks": [1, 1],
+    "transformer_depth": [1, 0], "channel_mult": [1, 1], "transformer_depth_middle": 1,
+    "use_linear_in_transformer": False, "context_dim": 768, "num_heads": 8,
+    "transformer_depth_output": [1, 1, 0, 0],
+    "use_temporal_attention": False, "use_temporal_resblock": False,
+}
+_CKPT_FORMAT_VERSION = 1
+
+
+def _ckpt_file_name(seed):
+    spec = json.dumps({"unet": CKPT_UNET_CONFIG, "clip": "clip_l-12", "vae": "taesd", "dtype": "fp16",
+                       "seed": seed, "v": _CKPT_FORMAT_VERSION}, sort_keys=True)
+    return "p2pz-tiny-sd15-{}.safetensors".format(hashlib.sha256(spec.encode()).hexdigest()[:12])
+
+
+def _build_checkpoint_state_dict(seed):
+    import torch
+    import comfy.sd1_clip
+    import comfy.supported_models
+    import comfy.taesd.taesd
+
+    model_config = comfy.supported_models.SD15(CKPT_UNET_CONFIG)
+    model_config.set_inference_dtype(torch.float32, None)
+    model = model_config.get_model({})
+    init_module_weights(model.diffusion_model, seed)
+
+    # the full 12-layer CLIP-L text encoder, as CheckpointLoaderSimple builds it (its keys start with "clip_l.")
+    clip_sd = _seeded_state_dict(lambda: comfy.sd1_clip.SD1ClipModel(device="cpu", dtype=torch.float32), seed + 1)
+    # TAESD stored under first_stage_model. (comfy.sd.VAE recognises "taesd_decoder.1.weight")
+    vae_sd = _seeded_state_dict(lambda: comfy.taesd.taesd.TAESD(), seed + 2)
+
+    sd = model.state_dict_for_saving(clip_state_dict=clip_sd, vae_state_dict=vae_sd)
+    out = {}
+    for k, v in sd.items():
+        v = v.detach()
+        if v.is_floating_point():
+            v = v.to(torch.float16)
+        out[k] = v.contiguous()
+    return out
+
+
+def tiny_sd15_checkpoint(cache_dir, seed=0, verify=True):
+    """Path of a small fp16 SD 1.5 checkpoint in ``<cache_dir>/checkpoints/`` (built on first use, then reused).
+
+    UNet: CKPT_UNET_CONFIG (model_channels 320, context_dim 768, channel_mult [1, 1], one res block), the full
+    12-layer CLIP-L text encoder, and a TAESD under ``first_stage_model.``; random weights from ``seed``; about
+    330 MiB. The file name carries a hash of the build spec, so a changed spec never reuses a stale file; the file
+    is written to a temporary name and renamed, so concurrent builders do not see half a file.
+
+    With ``verify`` (once per process and file) the file is loaded through ``nodes.CheckpointLoaderSimple`` (which
+    registers ``<cache_dir>/checkpoints`` through use_models_dir), and this checks that the model is SD15 and that
+    every text-encoder weight ComfyUI built was present in the file (ComfyUI leaves missing layers uninitialised
+    with only a log line).
+    """
+    import comfy.utils
+
+    ckpt_dir = os.path.join(os.path.abspath(cache_dir), "checkpoints")
+    os.makedirs(ckpt_dir, exist_ok=True)
+    path = os.path.join(ckpt_dir, _ckpt_file_name(seed))
+    if not os.path.isfile(path):
+        sd = _build_checkpoint_state_dict(seed)
+        tmp = f"{path}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+        try:
+            comfy.utils.save_torch_file(sd, tmp, metadata={"p2pz": "tiny random SD 1.5 test checkpoint"})
+            os.chmod(tmp, 0o644)
+            os.replace(tmp, path)
+        finally:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+        del sd
+    verified = _verified
+    if verify and path not in verified:
+        _verify_checkpoint(path, cache_dir)
+        verified.add(path)
+    return path
+
+
+def _verify_checkpoint(path, cache_dir):
+    import torch
+    import comfy.supported_models
+    import comfy.utils
+    nodes = comfy_host.booted()
+
+    use_models_dir(cache_dir)
+    name = os.path.basename(path)
+    model, clip, vae = call_node(nodes.CheckpointLoaderSimple, ckpt_name=name)
+    if type(model.model.model_config) is not comfy.supported_models.SD15:
+        raise AssertionError(f"{name} was detected as {type(model.model.model_config).__name__}, not SD15")
+    if clip is None or vae is None or vae.first_stage_model is None:
+        raise AssertionError(f"{name} did not give a CLIP and a VAE")
+
+    file_sd = comfy.utils.load_torch_file(path)
+    te = clip.cond_stage_model.state_dict()
+    layers = {k.split(".")[5] for k in te if k.startswith("clip_l.transformer.text_model.encoder.layers.")}
+    if len(layers) != 12:
+        raise AssertionError(f"text encoder has {len(layers)} layers, expected 12")
+    missing, differs = [], []
+    for k, v in te.items():
+        if k in ("clip_l.logit_scale", "clip_l.transformer.text_projection.weight"):
+            continue  # not stored in SD 1.5 checkpoints (identity projection / constant)
+        fk = "cond_stage_model." + k[len("clip_l."):]
+        if fk not in file_sd:
+            missing.append(k)
+        elif not torch.equal(file_sd[fk].to(v.dtype), v):
+            differs.append(k)
+    if missing or differs:
+        raise AssertionError(f"text encoder of {name}: uninitialised {missing[:5]}..., not loaded {differs[:5]}...")
+
+
+def use_models_dir(path):
+    """Register ``<path>/checkpoints`` for "checkpoints" (appended; existing entries, e.g. from
+    extra_model_paths.yaml, are kept) so CheckpointLoaderSimple finds files there by name."""
+    import folder_paths
+    ckpt_dir = os.path.join(os.path.abspath(path), "checkpoints")
+    os.makedirs(ckpt_dir, exist_ok=True)
+    folder_paths.add_model_folder_path("checkpoints", ckpt_dir)
