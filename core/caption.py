@@ -207,6 +207,33 @@ class BlipCaptioner:
         return next(self.model.parameters()).dtype
 
 
+def _transformers_version() -> tuple:
+    import transformers
+
+    parts = []
+    for piece in transformers.__version__.split(".")[:2]:
+        digits = "".join(ch for ch in piece if ch.isdigit())
+        parts.append(int(digits or 0))
+    return tuple(parts)
+
+
+def _from_pretrained_options(model_class, dtype: torch.dtype) -> dict:
+    """from_pretrained keywords for the installed transformers (requirements.txt's floor is 4.37.2).
+
+    - The dtype keyword is `dtype` from 4.56 (where `torch_dtype` became a deprecated alias) and `torch_dtype`
+      before: older versions pass an unknown `dtype` on to the model's constructor, which fails.
+    - `weights_only` (unpickle tensors only, for .bin checkpoints) became a keyword of from_pretrained in later
+      versions; before that from_pretrained already loads .bin files with torch.load(weights_only=True), and the
+      unknown keyword would fail the same way. Passed only where the signature has it.
+    """
+    import inspect
+
+    options = {"dtype": dtype} if _transformers_version() >= (4, 56) else {"torch_dtype": dtype}
+    if "weights_only" in inspect.signature(model_class.from_pretrained).parameters:
+        options["weights_only"] = True  # pickles only with weights_only
+    return options
+
+
 def load_blip(folder: str, dtype: torch.dtype = torch.float32, device: Any = "cpu") -> BlipCaptioner:
     """Load a Hugging Face format BLIP captioning folder (offline: local files only) in `dtype` onto `device`."""
     missing = missing_blip_files(folder)
@@ -217,7 +244,7 @@ def load_blip(folder: str, dtype: torch.dtype = torch.float32, device: Any = "cp
     try:
         processor = BlipProcessor.from_pretrained(folder, local_files_only=True)
         model = BlipForConditionalGeneration.from_pretrained(
-            folder, local_files_only=True, dtype=dtype, weights_only=True)  # pickles only with weights_only
+            folder, local_files_only=True, **_from_pretrained_options(BlipForConditionalGeneration, dtype))
     except Exception as e:
         raise RuntimeError(f"could not load the BLIP captioning model in {folder}: {type(e).__name__}: {e}") from e
     model.to(device).eval()

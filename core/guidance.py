@@ -24,9 +24,8 @@ evaluation in the reference pass (its two halves are identical); lambda_xa = 0 s
 would be zero); where the edit's latent equals the reconstruction's (the first step), the negative copy's maps are
 the reference maps, so its loss and gradient are exactly zero and it is not evaluated.
 
-Sigma space: x = x_t / sqrt(alpha_bar) at sigma = sqrt((1 - alpha_bar) / alpha_bar); the model is asked for the
-denoised latent and eps = (x - denoised) / sigma; a deterministic DDIM step is x + eps * (sigma_next - sigma). An
-SGD step of size lambda on x_t is a step of lambda * (1 + sigma^2) along d loss / d x (x = x_t * sqrt(1 + sigma^2)).
+Sigma space: every conversion (x and x_t, eps from the denoised latent, the DDIM step, the SGD step size) is
+core.sigma_space's.
 """
 from __future__ import annotations
 
@@ -38,6 +37,7 @@ import torch
 
 from .attention import AttentionMaps
 from .schedule import inversion_schedule
+from .sigma_space import ddim_step, eps_from_denoised, restate, sgd_step_size, to_ddim
 
 __all__ = [
     "CAPTION",
@@ -68,13 +68,6 @@ def generation_sigmas(sigma_table: torch.Tensor, steps: int) -> torch.Tensor:
     These are the levels of the "diffusers" inversion schedule reversed; the authors' edit uses the same DDIM
     sampler after their shorter inversion."""
     return inversion_schedule(sigma_table, steps, "diffusers").levels.flip(0)
-
-
-def restate(x: torch.Tensor, sigma_from: float, sigma_to: float) -> torch.Tensor:
-    """The same DDIM sample x_t written in sigma space at another level (x scales with sqrt(1 + sigma^2))."""
-    if sigma_from == sigma_to:
-        return x
-    return x * ((1 + sigma_to**2) / (1 + sigma_from**2)) ** 0.5
 
 
 @dataclass
@@ -135,13 +128,13 @@ class GuidedEditor:
                 denoised = self.denoise(branches, sigma)
         finally:
             self.maps.off()
-        eps_c = (x - denoised[CAPTION]) / sigma
+        eps_c = eps_from_denoised(x, denoised[CAPTION], sigma)
         if self.use_cfg:
-            eps_u = (x - denoised[NEGATIVE]) / sigma if NEGATIVE in denoised else eps_c
+            eps_u = eps_from_denoised(x, denoised[NEGATIVE], sigma) if NEGATIVE in denoised else eps_c
             eps = eps_u + self.cfg * (eps_c - eps_u)
         else:
             eps = eps_c
-        return x + eps * (sigma_next - sigma), eps
+        return ddim_step(x, eps, sigma, sigma_next), eps
 
     # -- the edit -----------------------------------------------------------------------------------------------
     def _guided_branches(self):
@@ -170,7 +163,7 @@ class GuidedEditor:
         finally:
             self.maps.off()
             self.maps.losses = {}
-        size = self.lambda_xa * (1 + sigma**2)  # SGD on x_t, written for x = x_t * sqrt(1 + sigma^2)
+        size = sgd_step_size(self.lambda_xa, sigma)  # the references' SGD step on x_t, written for x
         stepped = {b: (leaf.detach() - size * g).to(x.dtype) for (b, leaf), g in zip(leaves.items(), grads)}
         return stepped, losses
 
@@ -214,15 +207,15 @@ class GuidedEditor:
         finally:
             self.maps.off()
             self.maps.losses = {}
-        eps_c = (guided - denoised[EDITED]) / sigma
+        eps_c = eps_from_denoised(guided, denoised[EDITED], sigma)
         if self.use_cfg:
-            eps_u = (x_neg - denoised[NEGATIVE]) / sigma
+            eps_u = eps_from_denoised(x_neg, denoised[NEGATIVE], sigma)
             eps = eps_u + self.cfg * (eps_c - eps_u)
         else:
             eps = eps_c
         # the references carry x_in.chunk(2)[0]: the negative copy with CFG, the edited copy without
         carried = x_neg if self.mode == "references" else guided
-        return carried + eps * (sigma_next - sigma), eps, losses
+        return ddim_step(carried, eps, sigma, sigma_next), eps, losses
 
 
 def guided_edit(
@@ -262,5 +255,5 @@ def guided_edit(
                 callback(step, x_edit, x_ref, eps, losses)
     finally:
         maps.clear()
-    scale = (1 + levels[-1] ** 2) ** 0.5
-    return GuidedEditResult(edited=x_edit / scale, reconstruction=x_ref / scale, losses=history)
+    return GuidedEditResult(edited=to_ddim(x_edit, levels[-1]), reconstruction=to_ddim(x_ref, levels[-1]),
+                            losses=history)

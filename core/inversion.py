@@ -3,7 +3,8 @@
 The model is any k-diffusion style denoiser `denoise(x, sigma) -> denoised` working on x = x_t / sqrt(alpha_bar_t):
 ComfyUI's samplers hand exactly that to a custom sampler, and a diffusers UNet is wrapped into it in the tests.
 Every step asks the model for the noise, regularizes that noise towards i.i.d. N(0, I) and takes the deterministic
-DDIM step, which in sigma space is the Euler step x <- x + eps * (sigma_to - sigma_from).
+DDIM step, which in sigma space is the Euler step x <- x + eps * (sigma_to - sigma_from). The conversions live in
+core.sigma_space (predict_noise is re-exported here).
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import torch
 
 from .regularization import ShiftSampler, regularize_noise
 from .schedule import InversionSchedule
+from .sigma_space import ddim_step, from_ddim, predict_noise
 
 __all__ = ["Denoiser", "check_latent", "predict_noise", "invert_latent"]
 
@@ -37,20 +39,6 @@ def check_latent(latent: torch.Tensor, channels: Optional[int] = None, what: str
             f"the {what} contains NaN or infinite values: re-encode the image (a VAE in fp16 can overflow; "
             "try the VAE in fp32 with --fp32-vae)"
         )
-
-
-def predict_noise(denoise: Denoiser, x: torch.Tensor, sigma_from: float, sigma_eval: float) -> torch.Tensor:
-    """The model's noise for x (at level sigma_from), asked at the timestep of sigma_eval.
-
-    The references give the UNet the latent of the current level together with another level's timestep. A
-    denoiser ties input scaling and timestep to one sigma, so the input is rescaled such that the denoiser's own
-    scaling x / sqrt(sigma_eval^2 + 1) gives the UNet exactly x / sqrt(sigma_from^2 + 1).
-    """
-    scale = ((1 + sigma_eval**2) / (1 + sigma_from**2)) ** 0.5
-    x_in = x * scale
-    sigma = x.new_full((x.shape[0],), sigma_eval)
-    denoised = denoise(x_in, sigma)
-    return (x_in - denoised) / sigma_eval
 
 
 def invert_latent(
@@ -87,7 +75,7 @@ def invert_latent(
     levels = [float(s) for s in schedule.levels]
     eval_sigmas = [float(s) for s in schedule.eval_sigmas]
 
-    x = latent * (1 + levels[0] ** 2) ** 0.5
+    x = from_ddim(latent, levels[0])
     for step, sigma_eval in enumerate(eval_sigmas):
         sigma_from, sigma_to = levels[step], levels[step + 1]
         eps = predict_noise(denoise, x, sigma_from, sigma_eval)
@@ -100,7 +88,7 @@ def invert_latent(
             generator=generator,
             shift_sampler=shift_sampler,
         )
-        x = x + eps * (sigma_to - sigma_from)
+        x = ddim_step(x, eps, sigma_from, sigma_to)
         if callback is not None:
             callback(step, x, eps)
     return x

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["SCHEDULES", "InversionSchedule", "inversion_schedule", "sigmas_from_alphas_cumprod"]
+__all__ = ["SCHEDULES", "InversionSchedule", "inversion_schedule", "restore_schedule", "sigmas_from_alphas_cumprod"]
 
 SCHEDULES = ("diffusers", "authors")
 
@@ -48,7 +48,13 @@ class InversionSchedule:
 
     @property
     def steps(self) -> int:
+        """UNet calls of the inversion (the "authors" schedule skips two of its DDIM steps)."""
         return len(self.timesteps)
+
+    @property
+    def ddim_steps(self) -> int:
+        """The DDIM step count the schedule was made for (inversion_schedule's `steps`): what sampling retraces."""
+        return self.steps + 2 if self.name == "authors" else self.steps
 
     def regeneration_sigmas(self) -> torch.Tensor:
         """Descending sigmas that undo this inversion with a deterministic sampler, ending at 0."""
@@ -63,6 +69,28 @@ class InversionSchedule:
             "levels": [float(s) for s in self.levels],
             "eval_sigmas": [float(s) for s in self.eval_sigmas],
         }
+
+    @classmethod
+    def from_dict(cls, info) -> "InversionSchedule":
+        """The schedule a LATENT carries (to_dict's output, possibly with extra keys), checked for shape only:
+        compare it with a model's table with restore_schedule."""
+        try:
+            name = str(info["schedule"])
+            levels = torch.tensor([float(s) for s in info["levels"]], dtype=torch.float32)
+            eval_sigmas = torch.tensor([float(s) for s in info["eval_sigmas"]], dtype=torch.float32)
+            timesteps = tuple(int(t) for t in info["timesteps"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(
+                f"the latent's inversion record is damaged ({type(e).__name__}: {e}): invert the image again with "
+                "P2PZ_InvertLatent (or P2PZ_NoiseLatent) and pass its latent on unchanged"
+            ) from e
+        if name not in SCHEDULES or len(levels) != len(timesteps) + 1 or len(eval_sigmas) != len(timesteps) or \
+                not timesteps:
+            raise ValueError(
+                f"the latent's inversion record is inconsistent (schedule {name!r}, {len(timesteps)} timesteps, "
+                f"{len(levels)} levels): invert the image again and pass its latent on unchanged"
+            )
+        return cls(name=name, levels=levels, eval_sigmas=eval_sigmas, timesteps=timesteps)
 
 
 def sigmas_from_alphas_cumprod(alphas_cumprod: torch.Tensor) -> torch.Tensor:
@@ -100,3 +128,34 @@ def inversion_schedule(sigma_table: torch.Tensor, steps: int, schedule: str = "d
         eval_sigmas=table[eval_index],
         timesteps=tuple(eval_index),
     )
+
+
+def restore_schedule(info, sigma_table: torch.Tensor, shape=None) -> InversionSchedule:
+    """The schedule an inverted LATENT carries, after checking it belongs to this model and this latent.
+
+    info: the latent's record (InversionSchedule.to_dict() plus "shape"); sigma_table: the editing model's table;
+    shape: the latent's current shape, compared with the shape the inversion produced (when the record has one).
+    Raises ValueError saying what to change when the latent was resized or re-batched after the inversion, or was
+    made with a model of another noise schedule.
+    """
+    schedule = InversionSchedule.from_dict(info)
+    recorded_shape = info.get("shape") if hasattr(info, "get") else None
+    if shape is not None and recorded_shape is not None and list(shape) != [int(n) for n in recorded_shape]:
+        raise ValueError(
+            f"the inverted latent is {list(shape)} but its inversion produced {list(recorded_shape)}: it was "
+            "resized, cropped or re-batched after the inversion. Edit the latent exactly as P2PZ_InvertLatent "
+            "returned it"
+        )
+    try:
+        expected = inversion_schedule(sigma_table, schedule.ddim_steps, schedule.name)
+    except ValueError as e:
+        raise ValueError(f"the latent's inversion schedule does not fit this model: {e}") from e
+    same = expected.timesteps == schedule.timesteps and all(
+        torch.allclose(recorded, wanted, rtol=1e-4, atol=0)
+        for recorded, wanted in ((schedule.levels, expected.levels), (schedule.eval_sigmas, expected.eval_sigmas)))
+    if not same:
+        raise ValueError(
+            "the inverted latent was made with a model of another noise schedule (e.g. v-prediction/zsnr settings "
+            "changed): invert and edit with the same MODEL"
+        )
+    return schedule

@@ -59,15 +59,47 @@ def model_files(folder_name: str, extensions) -> list:
     return sorted(f for f in folder_paths.get_filename_list(folder_name) if f.lower().endswith(exts))
 
 
+SUPPORTED_MODELS = ("discrete-time eps- or v-prediction models with sigma_data 1 (SD 1.x, SD 2.x incl. 768-v, SDXL; "
+                    "zsnr and ModelSamplingDiscrete eps/v_prediction patches included)")
+
+
 def discrete_model_sampling(model, what: str):
-    """The MODEL's model_sampling, after checking it is a discrete-time eps or v-prediction model (SD 1.x, SD 2.x,
-    SDXL): pix2pix-zero walks that model's DDIM timestep table. ``what`` names the step that needs it."""
-    import comfy.model_sampling
+    """The MODEL's model_sampling, after checking pix2pix-zero's math fits it (see core.sigma_space): a discrete
+    timestep table (the DDIM levels), ComfyUI's eps or v denoiser (eps = (x - denoised) / sigma) and the input
+    scaling x / sqrt(1 + sigma^2), i.e. sigma_data 1. ``what`` names the step that needs it. Anything else is
+    refused by kind, so the message can say what the model is and what is supported."""
+    import comfy.model_sampling as ms
 
     sampling = model.get_model_object("model_sampling")
-    if not isinstance(sampling, comfy.model_sampling.EPS) or not hasattr(sampling, "sigmas"):
-        raise ValueError(
-            f"pix2pix-zero {what} needs a discrete-time eps or v-prediction model (SD 1.x, SD 2.x, SDXL); this "
-            f"model samples with {type(sampling).__name__}"
-        )
+    kind = type(sampling).__name__
+
+    def refuse(description):
+        return ValueError(f"pix2pix-zero {what} cannot use this model: it is {description}. Supported: "
+                          f"{SUPPORTED_MODELS}. Use such a checkpoint (or remove the node that changed the model's "
+                          "sampling, e.g. ModelSamplingContinuousEDM/ModelSamplingSD3/ModelSamplingFlux)")
+
+    if isinstance(sampling, ms.CONST):
+        raise refuse("a flow-matching model (CONST sampling: SD 3.x, Flux, AuraFlow and similar), whose noise path "
+                     "x = (1 - sigma) x0 + sigma noise is not DDIM's")
+    continuous = tuple(c for c in (getattr(ms, "ModelSamplingContinuousEDM", None),
+                                   getattr(ms, "ModelSamplingContinuousV", None)) if c is not None)
+    if continuous and isinstance(sampling, continuous):
+        raise refuse(f"a continuous-time model ({kind}, e.g. Playground 2.5 or a ModelSamplingContinuousEDM/"
+                     "ModelSamplingContinuousV patch): there is no DDIM timestep table to invert along")
+    discrete = getattr(ms, "ModelSamplingDiscrete", None)
+    if discrete is None or not isinstance(sampling, discrete) or not hasattr(sampling, "sigmas"):
+        raise refuse(f"sampled with {kind}, not a discrete DDIM timestep table")
+    if type(sampling).timestep is not discrete.timestep or type(sampling).sigma is not discrete.sigma:
+        raise refuse(f"a discrete model with its own timestep mapping ({kind}: EDM-style or distilled such as "
+                     "LCM), which DDIM's timestep table does not describe")
+    sigma_data = float(getattr(sampling, "sigma_data", 1.0))
+    if sigma_data != 1.0:
+        raise refuse(f"a model with sigma_data {sigma_data:g} (EDM-style scaling), where DDIM needs 1")
+    prediction = type(sampling).calculate_denoised
+    if type(sampling).calculate_input is not ms.EPS.calculate_input or prediction not in (
+            ms.EPS.calculate_denoised, ms.V_PREDICTION.calculate_denoised):
+        names = [c.__name__ for c in type(sampling).__mro__
+                 if "calculate_denoised" in vars(c) or "calculate_input" in vars(c)]
+        raise refuse(f"a model predicting {names[0] if names else kind} (e.g. EDM, x0, LCM or img_to_img "
+                     "sampling), not eps or v")
     return sampling

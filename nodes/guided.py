@@ -11,6 +11,8 @@ The loop is core.guidance's; this module connects it to ComfyUI's sampling machi
 - a CFGGuider holding the conds "positive", "negative" and "edited" (so ComfyUI preprocesses all three) runs a
   custom KSAMPLER whose loop is core.guidance.guided_edit, evaluating conds with comfy.samplers.calc_cond_batch.
 """
+import logging
+
 import comfy.ldm.modules.attention as comfy_attention
 import comfy.model_management
 import comfy.samplers
@@ -19,9 +21,10 @@ import latent_preview
 import torch
 
 from ..core.attention import AttentionMaps, explicit_attention
-from ..core.guidance import CAPTION, EDITED, GUIDANCE_MODES, NEGATIVE, generation_sigmas, guided_edit, restate
+from ..core.guidance import CAPTION, EDITED, GUIDANCE_MODES, NEGATIVE, generation_sigmas, guided_edit
 from ..core.inversion import check_latent
-from ..core.schedule import inversion_schedule
+from ..core.schedule import restore_schedule
+from ..core.sigma_space import denoised_from_eps, restate
 from .common import CATEGORY, DIRECTION_TYPE, INVERSION_KEY, check_conditioning_batch, discrete_model_sampling
 
 COND_KEYS = {NEGATIVE: "negative", CAPTION: "positive", EDITED: "edited"}
@@ -174,7 +177,7 @@ def _guided_sampler(run, settings, start_level, results):
             # Server runs check interruption in the progress hook; in-process runs only here.
             comfy.model_management.throw_exception_if_processing_interrupted()
             if callback is not None:
-                x0 = x_edit - eps * levels[step + 1]  # the edit's predicted clean latent, for the preview
+                x0 = denoised_from_eps(x_edit, eps, levels[step + 1])  # the edit's clean-latent guess, for the preview
                 callback({"i": step, "x": x_edit, "denoised": x0, "sigma": sigmas[step], "sigma_hat": sigmas[step]})
 
         comfy.model_management.throw_exception_if_processing_interrupted()
@@ -233,32 +236,18 @@ def _check_conditioning(conditioning, what, width, batch):
 
 
 def _schedule_of(latent, model_sampling, steps):
-    """(generation sigmas, level the inverted latent is at) after checking the latent's inversion record."""
-    samples = latent["samples"]
+    """(generation sigmas, level the inverted latent is at, DDIM steps). A latent carrying its inversion record
+    supplies the steps (checked against this model); a latent made otherwise uses `steps`."""
     table = model_sampling.sigmas
-    sigmas = generation_sigmas(table, steps)
     info = latent.get(INVERSION_KEY)
     if info is None:  # a latent inverted otherwise (e.g. stock FlipSigmas + ddim_uniform): at the first level
-        return sigmas, float(sigmas[0])
-    if int(info["steps"]) != steps:
-        raise ValueError(
-            f"the inverted latent was made with {info['steps']} inversion steps but steps is {steps}: set steps to "
-            f"{info['steps']}, or invert again with {steps} steps (the edit retraces the inversion's schedule)"
-        )
-    if list(samples.shape) != list(info["shape"]):
-        raise ValueError(
-            f"the inverted latent is {list(samples.shape)} but its inversion produced {info['shape']}: it was "
-            "resized, cropped or re-batched after the inversion. Edit the latent exactly as P2PZ_InvertLatent "
-            "returned it"
-        )
-    expected = inversion_schedule(table, steps, info["schedule"]).levels
-    recorded = torch.tensor(info["levels"], dtype=expected.dtype)
-    if not torch.allclose(recorded, expected, rtol=1e-4, atol=0):
-        raise ValueError(
-            "the inverted latent was made with a model of another noise schedule (e.g. v-prediction/zsnr settings "
-            "changed): invert and edit with the same MODEL"
-        )
-    return sigmas, float(recorded[-1])
+        sigmas = generation_sigmas(table, steps)
+        return sigmas, float(sigmas[0]), steps
+    schedule = restore_schedule(info, table, shape=latent["samples"].shape)
+    if steps != schedule.ddim_steps:
+        logging.info("pix2pix-zero Guided Edit: the latent carries its inversion's %d steps; the steps input (%d) "
+                     "only applies to latents without one", schedule.ddim_steps, steps)
+    return generation_sigmas(table, schedule.ddim_steps), float(schedule.levels[-1]), schedule.ddim_steps
 
 
 def _check_range(name, value, bounds):
@@ -290,7 +279,7 @@ class GuidedEdit:
                 "model": ("MODEL", {"tooltip": "The SD 1.x, SD 2.x or SDXL model used for the inversion. It is not modified; LoRAs and other patches on it apply."}),
                 "positive": ("CONDITIONING", {"tooltip": "The caption of the image (CLIPTextEncode), the same conditioning used for the inversion."}),
                 "inverted_latent": ("LATENT", {"tooltip": "The inverted_latent output of P2PZ_InvertLatent (or a latent inverted with the same steps by stock nodes)."}),
-                "steps": ("INT", {"default": 50, "min": 1, "max": 500, "tooltip": "DDIM steps: must equal the inversion's steps (50 as the references)."}),
+                "steps": ("INT", {"default": 50, "min": 1, "max": 500, "tooltip": "DDIM steps, used only for a latent without pix2pix-zero's inversion record (e.g. inverted with stock nodes: set its inversion's steps). A latent from Invert Latent or Noise Latent brings its own steps and this value is ignored."}),
                 "cfg": ("FLOAT", {"default": 5.0, "min": CFG_RANGE[0], "max": CFG_RANGE[1], "step": 0.1, "round": 0.01, "tooltip": "Classifier-free guidance scale. 5 with the caption as negative for real images (the authors' setting); 1 turns CFG off."}),
                 "lambda_xa": ("FLOAT", {"default": 0.1, "min": LAMBDA_RANGE[0], "max": LAMBDA_RANGE[1], "step": 0.005, "round": 0.0001, "tooltip": "Cross-attention guidance strength: 0.1 for real images, 0.15 for generated ones; v-prediction models (SD 2.x 768) need <= 0.01. 0 turns the guidance off (a plain prompt edit)."}),
                 "guidance": (list(GUIDANCE_MODES), {"default": "references", "tooltip": "references: as the authors' code and diffusers (both CFG copies guided, the negative copy carried on). paper: the paper's formulation (only the edited branch guided, the guided latent carried on)."}),
@@ -313,7 +302,7 @@ class GuidedEdit:
         samples = inverted_latent["samples"]
         check_latent(samples, channels=model.get_model_object("latent_format").latent_channels,
                      what="inverted latent")
-        sigmas, start_level = _schedule_of(inverted_latent, model_sampling, steps)
+        sigmas, start_level, steps = _schedule_of(inverted_latent, model_sampling, steps)
 
         if (direction is None) == (edited_positive is None):
             raise ValueError("connect either an edit direction or an edited_positive conditioning (exactly one)")

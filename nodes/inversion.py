@@ -7,6 +7,7 @@ import comfy.utils
 import latent_preview
 
 from ..core import SCHEDULES, check_latent, invert_latent, inversion_schedule
+from ..core.sigma_space import denoised_from_eps, start_noise
 from .common import CATEGORY, INVERSION_KEY, SEED_INPUT, check_conditioning_batch, discrete_model_sampling
 
 
@@ -23,7 +24,7 @@ def _inversion_sampler(schedule, generator, reg):
             # Server runs check interruption in the progress hook; in-process runs only here.
             comfy.model_management.throw_exception_if_processing_interrupted()
             if callback is not None:
-                x0 = x_step - eps * float(schedule.levels[step + 1])
+                x0 = denoised_from_eps(x_step, eps, float(schedule.levels[step + 1]))
                 callback({"i": step, "x": x_step, "denoised": x0, "sigma": sigmas[step + 1], "sigma_hat": sigmas[step + 1]})
 
         return invert_latent(denoise, x, schedule, generator=generator, callback=on_step, **reg)
@@ -103,7 +104,7 @@ class NoiseLatent:
     FUNCTION = "noise"
     RETURN_TYPES = ("LATENT",)
     RETURN_NAMES = ("noise_latent",)
-    OUTPUT_TOOLTIPS = ("x_T for the pix2pix-zero guided sampler (use the same steps there).",)
+    OUTPUT_TOOLTIPS = ("x_T for the pix2pix-zero guided sampler, in VAE-latent units like any LATENT; it carries its steps to Guided Edit.",)
 
     @classmethod
     def INPUT_TYPES(cls):
@@ -126,8 +127,10 @@ class NoiseLatent:
         generator = torch.Generator(device="cpu").manual_seed(seed)
         shape = [batch_size, channels, height // 8, width // 8]
         noise = torch.randn(shape, generator=generator, dtype=torch.float32)
-        # DDIM starts from x_T = noise; in ComfyUI's sigma space that is noise * sqrt(1 + sigma_T^2).
-        samples = noise * (1.0 + float(schedule.levels[-1]) ** 2) ** 0.5
+        # DDIM's x_T in the model's units. A LATENT holds VAE-latent units: samplers (the guided one included)
+        # apply the latent format's process_in to a non-zero latent, so hand out process_out of it.
+        x_T = start_noise(noise, float(schedule.levels[-1]))
+        samples = model.get_model_object("latent_format").process_out(x_T)
         info = dict(schedule.to_dict(), shape=shape, seed=seed)
         return ({"samples": samples.to(comfy.model_management.intermediate_device()), INVERSION_KEY: info},)
 

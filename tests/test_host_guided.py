@@ -349,6 +349,20 @@ def test_interruption_stops_cleanly_and_the_next_run_works(comfy, tiny_sd15_obje
     assert torch.equal(again, clean)
 
 
+def test_authors_schedule_latent_is_edited_with_its_own_steps(comfy, tiny_sd15_objects, pack_nodes, runs):
+    """An 'authors' inversion of 5 DDIM steps records 3 UNet calls; the edit retraces the 5 DDIM levels whatever
+    the steps widget says (the old equality check refused every such latent)."""
+    results, _ = runs
+    model, clip, _ = tiny_sd15_objects
+    caption = comfy.call_node("CLIPTextEncode", clip=clip, text="a cat")[0]
+    edited = comfy.call_node("CLIPTextEncode", clip=clip, text="a dog")[0]
+    inverted = _invert(comfy, model, caption, _latent(seed=16), steps=5, schedule="authors")
+    assert inverted["p2pz_inversion"]["steps"] == 3
+    edit, reconstruction = _edit(comfy, model, caption, inverted, 50, edited_positive=edited)
+    assert len(results[-1].losses) == 5
+    assert torch.isfinite(edit["samples"]).all() and torch.isfinite(reconstruction["samples"]).all()
+
+
 def test_bad_inputs_get_clear_errors(comfy, tiny_sd15_objects, pack_nodes):
     direction_module = _module(comfy, "core.direction")
     model, clip, _ = tiny_sd15_objects
@@ -359,8 +373,15 @@ def test_bad_inputs_get_clear_errors(comfy, tiny_sd15_objects, pack_nodes):
     wide = direction_module.EditDirection(embedding=torch.zeros(1, 77, 768), source="cat", target="dog")
     with pytest.raises(ValueError, match="768 wide but this model's cross-attention expects 32"):
         _edit(comfy, model, caption, inverted, 4, direction=wide)
-    with pytest.raises(ValueError, match="made with 4 inversion steps but steps is 10"):
-        _edit(comfy, model, caption, inverted, 10, **ok)
+    # The latent's inversion record supplies the steps: the steps widget (10 here) applies only to other latents.
+    assert torch.equal(_edit(comfy, model, caption, inverted, 10, **ok)[0]["samples"],
+                       _edit(comfy, model, caption, inverted, 4, **ok)[0]["samples"])
+    damaged = dict(inverted, p2pz_inversion=dict(inverted["p2pz_inversion"], levels=None))
+    with pytest.raises(ValueError, match="inversion record is damaged"):
+        _edit(comfy, model, caption, damaged, 4, **ok)
+    zsnr = comfy.call_node("ModelSamplingDiscrete", model=model, sampling="eps", zsnr=True)[0]
+    with pytest.raises(ValueError, match="made with a model of another noise schedule"):
+        _edit(comfy, zsnr, caption, inverted, 4, **ok)
     resized = dict(inverted, samples=torch.nn.functional.interpolate(inverted["samples"], scale_factor=2))
     with pytest.raises(ValueError, match=r"inverted latent is \[1, 4, 16, 16\] but its inversion produced"):
         _edit(comfy, model, caption, resized, 4, **ok)

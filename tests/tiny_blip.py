@@ -30,7 +30,10 @@ def save_tiny_blip(folder, seed=1, init_std=1.0):
     images get different captions. Returns `folder`."""
     import torch
     from transformers import BertTokenizer, BlipConfig, BlipForConditionalGeneration
-    from transformers.models.blip.image_processing_pil_blip import BlipImageProcessorPil
+    try:
+        from transformers.models.blip.image_processing_pil_blip import BlipImageProcessorPil
+    except ImportError:  # transformers < 5 (the requirements floor is 4.37.2): one BLIP image processor
+        from transformers import BlipImageProcessor as BlipImageProcessorPil
 
     vocab = tiny_vocab()
     dec_id = len(vocab)  # [DEC]: outside the vocabulary, as in the real checkpoint (30522 with a 30522-word vocab)
@@ -59,9 +62,15 @@ def save_tiny_blip(folder, seed=1, init_std=1.0):
                 bias[token_id] = -30.0
     model.eval()
 
-    tokenizer = BertTokenizer(vocab=vocab, do_lower_case=True, model_max_length=512)
-    image_processor = BlipImageProcessorPil(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
     os.makedirs(folder, exist_ok=True)
+    try:
+        tokenizer = BertTokenizer(vocab=vocab, do_lower_case=True, model_max_length=512)
+    except TypeError:  # transformers < 5 reads the vocabulary from a file
+        vocab_file = os.path.join(folder, "vocab.txt")
+        with open(vocab_file, "w", encoding="utf-8") as f:
+            f.write("".join(f"{token}\n" for token, _ in sorted(vocab.items(), key=lambda item: item[1])))
+        tokenizer = BertTokenizer(vocab_file=vocab_file, do_lower_case=True, model_max_length=512)
+    image_processor = BlipImageProcessorPil(size={"height": IMAGE_SIZE, "width": IMAGE_SIZE})
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     image_processor.save_pretrained(folder)

@@ -1,0 +1,114 @@
+"""Every conversion between ComfyUI's sigma space and DDIM's x_t, in one place.
+
+ComfyUI (k-diffusion) samples x = x_t / sqrt(alpha_bar_t) at noise level sigma_t = sqrt((1 - alpha_bar_t) / alpha_bar_t),
+so x = x_t * sqrt(1 + sigma^2). Its models are denoisers `denoise(x, sigma) -> denoised`, which feed the UNet
+x / sqrt(1 + sigma^2) (the DDIM sample x_t) and the training timestep of sigma. In that space:
+- the predicted noise is eps = (x - denoised) / sigma, for eps- and v-prediction models alike;
+- the deterministic DDIM step (eta 0) is the Euler step x <- x + eps * (sigma_next - sigma);
+- a gradient step of size lambda on x_t is a step of lambda * (1 + sigma^2) on x;
+- DDIM's start noise x_T = noise is noise * sqrt(1 + sigma_T^2).
+
+These identities hold only for discrete-time eps/v models with sigma_data = 1 (SD 1.x, SD 2.x, SDXL); the nodes
+refuse other model kinds before anything here runs. Plain torch: nothing here imports ComfyUI.
+
+Model units vs VAE-latent units: every x here is in the model's units (ComfyUI's LATENT `samples` after
+`process_latent_in`). Converting to and from a LATENT is the host's job (the latent format's scale factor).
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+__all__ = [
+    "V_CONVERSION_LEVEL",
+    "ddim_scale",
+    "ddim_step",
+    "denoised_from_eps",
+    "eps_from_denoised",
+    "from_ddim",
+    "predict_noise",
+    "restate",
+    "sgd_step_size",
+    "start_noise",
+    "to_ddim",
+]
+
+Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+# Which level a v-prediction output is turned into noise at when the UNet is asked at a timestep other than the
+# latent's level (inversion does: the latent at level s, the UNet at the timestep t of the next level).
+# "eval": eps = sqrt(alpha_bar_t) v + sqrt(1 - alpha_bar_t) x_t, i.e. at the timestep the model was asked at. This is
+#   exactly the noise the model itself predicts (the model takes its input to be at level t: x0_hat and eps_hat with
+#   x_t = sqrt(alpha_bar_t) x0_hat + sqrt(1 - alpha_bar_t) eps_hat, and then this identity is exact), so a v model
+#   makes the same DDIM-inversion approximation eps(x_s, t) as an eps model trained on the same data.
+# diffusers' DDIMInverseScheduler uses the source level s instead (alpha_bar of `timestep - ratio`), which mixes
+#   the model's level-t output with level-s coefficients: eps_source = a_s / a_t (eps_eval - b_t x_t) + b_s x_t
+#   (a = sqrt(alpha_bar), b = sqrt(1 - alpha_bar)). The two differ by (a_s - a_t) v + (b_s - b_t) x_t per step:
+#   for 50 steps on SD's schedule |a_s - a_t| + |b_s - b_t| reaches 0.11 (the first steps, where b moves fastest),
+#   so this is a real difference from diffusers for v models, not rounding. For eps models both are the same.
+#   Sampling (the guided edit) asks the model at the latent's own level, where the two agree.
+V_CONVERSION_LEVEL = "eval"
+
+
+def ddim_scale(sigma: float) -> float:
+    """sqrt(1 + sigma^2) = 1 / sqrt(alpha_bar): x in sigma space over the DDIM sample x_t at level sigma."""
+    return (1.0 + float(sigma) ** 2) ** 0.5
+
+
+def from_ddim(x_t: torch.Tensor, sigma: float) -> torch.Tensor:
+    """DDIM's sample x_t at level sigma, written in sigma space."""
+    return x_t * ddim_scale(sigma)
+
+
+def to_ddim(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """The DDIM sample x_t (what the references hold and decode) of x at level sigma."""
+    return x / ddim_scale(sigma)
+
+
+def restate(x: torch.Tensor, sigma_from: float, sigma_to: float) -> torch.Tensor:
+    """The same DDIM sample x_t written in sigma space at another level (x scales with sqrt(1 + sigma^2))."""
+    if float(sigma_from) == float(sigma_to):
+        return x
+    return x * (ddim_scale(sigma_to) / ddim_scale(sigma_from))
+
+
+def eps_from_denoised(x: torch.Tensor, denoised: torch.Tensor, sigma: float) -> torch.Tensor:
+    """The model's predicted noise from its denoised output at level sigma (eps and v models alike)."""
+    return (x - denoised) / sigma
+
+
+def denoised_from_eps(x: torch.Tensor, eps: torch.Tensor, sigma: float) -> torch.Tensor:
+    """The clean-latent prediction of x at level sigma given its noise (for previews)."""
+    return x - eps * sigma
+
+
+def ddim_step(x: torch.Tensor, eps: torch.Tensor, sigma: float, sigma_next: float) -> torch.Tensor:
+    """Deterministic DDIM (eta 0) from level sigma to sigma_next, up (inversion) or down (sampling)."""
+    return x + eps * (sigma_next - sigma)
+
+
+def sgd_step_size(lambda_: float, sigma: float) -> float:
+    """The references take x_t <- x_t - lambda * dL/dx_t. With x = x_t * c (c = sqrt(1 + sigma^2)), dL/dx_t = c dL/dx
+    and x' = c x_t', so the same step on x is x <- x - lambda * c^2 * dL/dx."""
+    return float(lambda_) * ddim_scale(sigma) ** 2
+
+
+def start_noise(noise: torch.Tensor, sigma_T: float) -> torch.Tensor:
+    """DDIM's start x_T = noise (unit Gaussian, as the references draw it), in sigma space at level sigma_T, in the
+    model's units. A LATENT must carry it in VAE-latent units (divided by the latent format's scale factor)."""
+    return from_ddim(noise, sigma_T)
+
+
+def predict_noise(denoise: Denoiser, x: torch.Tensor, sigma_from: float, sigma_eval: float) -> torch.Tensor:
+    """The model's noise for x (at level sigma_from), asked at the timestep of sigma_eval.
+
+    The references give the UNet the latent of the current level together with another level's timestep. A
+    denoiser ties input scaling and timestep to one sigma, so x is restated at sigma_eval: the denoiser's own
+    scaling x / sqrt(1 + sigma_eval^2) then gives the UNet exactly the DDIM sample x_t of level sigma_from. The
+    noise is read from the denoiser at sigma_eval: for v-prediction models that is the conversion at the evaluated
+    timestep (V_CONVERSION_LEVEL, see there for why, and how diffusers differs).
+    """
+    x_in = restate(x, sigma_from, sigma_eval)
+    sigma = x.new_full((x.shape[0],), float(sigma_eval))
+    return eps_from_denoised(x_in, denoise(x_in, sigma), sigma_eval)
