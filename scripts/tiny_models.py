@@ -5,6 +5,7 @@ tests and the benchmarks (no downloads; nothing is ever committed). ComfyUI must
   init_module_weights(module, seed)        torch's default init on every layer, deterministic from the seed
   tiny_sd15(seed=0) -> (MODEL, CLIP, VAE)  tiny SD 1.5-shaped ComfyUI objects, float32
   tiny_sd15_checkpoint(cache_dir, seed=0)  a small fp16 checkpoint file CheckpointLoaderSimple detects as SD 1.5
+  tiny_unet_model(comfy, layout, seed)     tiny SD 1.5 / SD 2.x-v / SDXL UNet MODELs
   use_models_dir(path)                     adds ``<path>/checkpoints`` to ComfyUI's checkpoint folders
 """
 import hashlib
@@ -247,3 +248,56 @@ def use_models_dir(path):
     ckpt_dir = os.path.join(os.path.abspath(path), "checkpoints")
     os.makedirs(ckpt_dir, exist_ok=True)
     folder_paths.add_model_folder_path("checkpoints", ckpt_dir)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Tiny UNets of the three SD layouts (direct construction), and caption-like conditionings
+
+_BASE = {"use_checkpoint": False, "image_size": 32, "out_channels": 4, "in_channels": 4, "use_spatial_transformer": True,
+         "legacy": False, "use_temporal_attention": False, "use_temporal_resblock": False}
+# SD 2.x: linear projections, heads of 64 channels at full size (here 16), attention upcast to fp32, v-prediction.
+_SD2 = dict(_BASE, model_channels=32, channel_mult=[1, 2], num_res_blocks=[1, 1], transformer_depth=[1, 1],
+            transformer_depth_output=[1, 1, 1, 1], transformer_depth_middle=1, use_linear_in_transformer=True,
+            context_dim=64, adm_in_channels=None)
+# SDXL: attention only at the lower resolution with depth 2 (layer keys (block, id, 0..1)), a pooled text vector
+# (here 32 wide) plus six size embeddings of 256 as the adm input.
+_SDXL = dict(_BASE, model_channels=32, channel_mult=[1, 2], num_res_blocks=[1, 1], transformer_depth=[0, 2],
+             transformer_depth_output=[0, 0, 2, 2], transformer_depth_middle=2, use_linear_in_transformer=True,
+             context_dim=64, adm_in_channels=32 + 6 * 256, num_classes="sequential")
+
+
+def tiny_unet_model(comfy, layout, seed=0):
+    """A tiny UNet MODEL of one layout: "sd15" (eps), "sd2v" (SD 2.x v-prediction) or "sdxl" (eps, pooled vector).
+    Returns (MODEL, context width, pooled width or None); ``comfy`` is unused (the tests' call form). Built under
+    inference mode, as ComfyUI's loaders build models, so the weights are inference tensors (what makes gradients
+    hard inside ComfyUI)."""
+    import torch
+    import comfy.model_base as mb
+    import comfy.model_management as mm
+    import comfy.supported_models as sm
+    from comfy.model_patcher import ModelPatcher
+
+    if layout == "sd15":
+        config, kind, width, pooled = sm.SD15(dict(TINY_UNET_CONFIG)), mb.ModelType.EPS, 32, None
+    elif layout == "sd2v":
+        config, kind, width, pooled = sm.SD20(dict(_SD2)), mb.ModelType.V_PREDICTION, 64, None
+    else:
+        config, kind, width, pooled = sm.SDXL(dict(_SDXL)), mb.ModelType.EPS, 64, 32
+    if layout != "sd15":
+        config.unet_config["num_head_channels"] = 16
+    config.set_inference_dtype(torch.float32, None)
+    with torch.inference_mode():
+        model = (mb.SDXL if layout == "sdxl" else mb.BaseModel)(config, model_type=kind)
+        init_module_weights(model.diffusion_model, seed)
+        model.eval()
+    patcher = ModelPatcher(model, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device())
+    return patcher, width, pooled
+
+
+def tiny_conditioning(width, pooled, seed, scale=4.0):
+    """A caption-like conditioning. Scaled x4: a tiny random network's cross-attention is then peaked enough for its
+    maps to respond to the latent, as a trained model's do (with unit embeddings they are nearly uniform)."""
+    import torch
+    g = torch.Generator().manual_seed(seed)
+    extra = {} if pooled is None else {"pooled_output": torch.randn(1, pooled, generator=g)}
+    return [[scale * torch.randn(1, 77, width, generator=g), extra]]

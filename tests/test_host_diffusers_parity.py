@@ -9,7 +9,7 @@ pytestmark = pytest.mark.host
 
 
 def _diffusers_twin(comfy_model):
-    """A diffusers UNet with the ComfyUI tiny UNet's weights (layout of tests/comfy_host.TINY_UNET_CONFIG)."""
+    """A diffusers UNet with the ComfyUI tiny UNet's weights (layout of scripts/tiny_models.TINY_UNET_CONFIG)."""
     import comfy.utils
     from diffusers import UNet2DConditionModel
 

@@ -20,51 +20,9 @@ def _module(comfy, name):
 # ---------------------------------------------------------------------------------------------------------------
 # Tiny models of the three UNet layouts
 
-_BASE = {"use_checkpoint": False, "image_size": 32, "out_channels": 4, "in_channels": 4, "use_spatial_transformer": True,
-         "legacy": False, "use_temporal_attention": False, "use_temporal_resblock": False}
-# SD 2.x: linear projections, heads of 64 channels at full size (here 16), attention upcast to fp32, v-prediction.
-_SD2 = dict(_BASE, model_channels=32, channel_mult=[1, 2], num_res_blocks=[1, 1], transformer_depth=[1, 1],
-            transformer_depth_output=[1, 1, 1, 1], transformer_depth_middle=1, use_linear_in_transformer=True,
-            context_dim=64, adm_in_channels=None)
-# SDXL: attention only at the lower resolution with depth 2 (layer keys (block, id, 0..1)), a pooled text vector
-# (here 32 wide) plus six size embeddings of 256 as the adm input.
-_SDXL = dict(_BASE, model_channels=32, channel_mult=[1, 2], num_res_blocks=[1, 1], transformer_depth=[0, 2],
-             transformer_depth_output=[0, 0, 2, 2], transformer_depth_middle=2, use_linear_in_transformer=True,
-             context_dim=64, adm_in_channels=32 + 6 * 256, num_classes="sequential")
 ATTN2_LAYERS = {"sd15": 16, "sd2v": 7, "sdxl": 8}
-
-
-def _tiny_model(comfy, layout, seed=0):
-    """(MODEL, context width, pooled width or None). Built under inference mode, as ComfyUI's loaders build models,
-    so the weights are inference tensors (what makes gradients hard inside ComfyUI)."""
-    import comfy.model_base as mb
-    import comfy.model_management as mm
-    import comfy.supported_models as sm
-    from comfy.model_patcher import ModelPatcher
-
-    if layout == "sd15":
-        config, kind, width, pooled = sm.SD15(dict(tiny_models.TINY_UNET_CONFIG)), mb.ModelType.EPS, 32, None
-    elif layout == "sd2v":
-        config, kind, width, pooled = sm.SD20(dict(_SD2)), mb.ModelType.V_PREDICTION, 64, None
-    else:
-        config, kind, width, pooled = sm.SDXL(dict(_SDXL)), mb.ModelType.EPS, 64, 32
-    if layout != "sd15":
-        config.unet_config["num_head_channels"] = 16
-    config.set_inference_dtype(torch.float32, None)
-    with torch.inference_mode():
-        model = (mb.SDXL if layout == "sdxl" else mb.BaseModel)(config, model_type=kind)
-        tiny_models.init_module_weights(model.diffusion_model, seed)
-        model.eval()
-    patcher = ModelPatcher(model, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device())
-    return patcher, width, pooled
-
-
-def _conditioning(width, pooled, seed, scale=4.0):
-    """A caption-like conditioning. Scaled x4: a tiny random network's cross-attention is then peaked enough for its
-    maps to respond to the latent, as a trained model's do (with unit embeddings they are nearly uniform)."""
-    g = torch.Generator().manual_seed(seed)
-    extra = {} if pooled is None else {"pooled_output": torch.randn(1, pooled, generator=g)}
-    return [[scale * torch.randn(1, 77, width, generator=g), extra]]
+_tiny_model = tiny_models.tiny_unet_model
+_conditioning = tiny_models.tiny_conditioning
 
 
 def _shifted(cond, seed, amount=0.8):

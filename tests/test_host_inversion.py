@@ -40,7 +40,7 @@ def _ksampler(comfy, model, cond, latent, **kw):
 
 def _smooth_model(comfy, v_prediction=False):
     """Tiny objects whose UNet responds smoothly to its input, like a trained denoiser (random networks are too
-    input-sensitive for DDIM inversion to be exact; see tests/diffusers_tiny.py). The UNet sees
+    input-sensitive for DDIM inversion to be exact; see scripts/diffusers_tiny.py). The UNet sees
     0.001 * x + a fixed pattern: scaling conv_in alone would be undone by GroupNorm (one channel per group here).
     Done with a unet wrapper on a clone, the same mechanism other packs' patches use."""
     model, clip, vae = tiny_models.tiny_sd15(seed=3)

@@ -4,7 +4,7 @@ generates from the same seed, on the SD 1.x and SDXL layouts (whose latent forma
 import pytest
 import torch
 
-from test_host_guided import _conditioning, _tiny_model
+from scripts.tiny_models import tiny_conditioning as _conditioning, tiny_unet_model as _tiny_model
 
 pytestmark = pytest.mark.host
 
