@@ -1,4 +1,9 @@
 """A tiny transformers CLIP text encoder and a character-level CLIP tokenizer, built offline (no vocab download)."""
+import inspect
+import json
+import os
+import tempfile
+
 import torch
 
 
@@ -25,9 +30,17 @@ def char_tokenizer(model_max_length: int = 77):
     vocab.update({c + "</w>": len(chars) + i for i, c in enumerate(chars)})
     vocab["<|startoftext|>"] = len(vocab)
     vocab["<|endoftext|>"] = len(vocab)
-    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=model_max_length,
-                         bos_token="<|startoftext|>", eos_token="<|endoftext|>", pad_token="<|endoftext|>",
-                         unk_token="<|endoftext|>")
+    tokens = dict(model_max_length=model_max_length, bos_token="<|startoftext|>", eos_token="<|endoftext|>",
+                  pad_token="<|endoftext|>", unk_token="<|endoftext|>")
+    if "vocab_file" not in inspect.signature(CLIPTokenizer.__init__).parameters:  # transformers >= 5
+        return CLIPTokenizer(vocab=vocab, merges=[], **tokens)
+    # transformers 4.x (the requirements' floor) reads the vocabulary and merges from files only
+    folder = tempfile.mkdtemp(prefix="p2pz-clip-tokenizer-")
+    with open(os.path.join(folder, "vocab.json"), "w", encoding="utf-8") as f:
+        json.dump(vocab, f)
+    with open(os.path.join(folder, "merges.txt"), "w", encoding="utf-8") as f:
+        f.write("#version: 0.2\n")
+    return CLIPTokenizer(os.path.join(folder, "vocab.json"), os.path.join(folder, "merges.txt"), **tokens)
 
 
 def tiny_text_encoder(vocab_size: int, seed: int = 0, hidden_size: int = 32, layers: int = 2):
