@@ -169,8 +169,8 @@ def test_train_node_trains_resumes_and_uses_the_vae_encoder(comfy, pack_nodes, s
     (UI text, log lines, ComfyUI's progress bar) and writes files others can read (0644 under umask 022)."""
     import logging
 
-    import comfy.utils
     import folder_paths
+    from comfy.utils import set_progress_bar_global_hook  # not "import comfy.utils": the fixture is named comfy
 
     from core.student_data import save_pairs
 
@@ -189,14 +189,14 @@ def test_train_node_trains_resumes_and_uses_the_vae_encoder(comfy, pack_nodes, s
                   "batch_size": 2, "learning_rate": 1e-3, "lambda_adv": 0.1, "checkpoint_every": 2,
                   "color_jitter": False, "seed": 0}
         progress = []
-        comfy.utils.set_progress_bar_global_hook(lambda value, total, *_a, **_k: progress.append((value, total)))
+        set_progress_bar_global_hook(lambda value, total, *_a, **_k: progress.append((value, total)))
         old_umask = os.umask(0o022)
         try:
             with caplog.at_level(logging.INFO):
                 done = comfy.call_node("P2PZ_TrainStudent", vae=vae, **kwargs)
         finally:
             os.umask(old_umask)
-            comfy.utils.set_progress_bar_global_hook(None)
+            set_progress_bar_global_hook(None)
         student = done["result"][0]
         assert sorted(f for f in os.listdir(students_dir) if f.startswith("swap")) == [
             "swap-step000002.safetensors", "swap-step000003.safetensors"]
