@@ -32,7 +32,8 @@ BLIP_REPO_ID = "Salesforce/blip-image-captioning-base"
 # For tests (and mirrors): where the default checkpoint is downloaded from instead of the workflow's URL.
 CHECKPOINT_URL_ENV = "P2PZ_CHECKPOINT_URL"
 FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
-MAX_STEPS, MAX_SENTENCES, MAX_SIZE = 500, 10000, 16384  # the nodes' own limits (InvertLatent, BuildDirection, ImageScale)
+# The nodes' own limits (InvertLatent steps, BuildDirection count, ImageScale size), checked before ComfyUI starts.
+MAX_STEPS, MAX_SENTENCES, MAX_SIZE = 500, 10000, 16384
 
 sys.path.insert(0, PACK_DIR)
 from scripts import comfy_host, model_fetch  # noqa: E402  (standard library only at import)
@@ -295,7 +296,8 @@ def run(args, comfyui, workflow):
         check_blip(nodes, prompt)
         saves = [i for i, n in prompt.items() if n["class_type"] == "SaveImage"]
         if len(saves) != 1:
-            raise CommandError(f"the workflow must have exactly one SaveImage node (the edited image), not {len(saves)}")
+            raise CommandError(f"the workflow must have exactly one SaveImage node (the edited image), not "
+                               f"{len(saves)}")
         decoded_by = prompt[saves[0]]["inputs"]["images"][0]
         # The command writes the edit itself (its name, its format); a preview goes to ComfyUI's temp folder.
         prompt[saves[0]] = {"class_type": "PreviewImage", "inputs": {"images": prompt[saves[0]]["inputs"]["images"]}}
