@@ -1,16 +1,21 @@
 """Edit one photo with pix2pix-zero from the command line, with ComfyUI's engine in-process (no server, no browser).
 
-    python edit_image.py photo.png --source cat --target dog \\
-        --checkpoint v1-5-pruned-emaonly-fp16.safetensors --output dog.png
+    python edit_image.py                      # the bundled cat photo (assets/cat.jpg) into a dog
+    python edit_image.py photo.png --source cat --target dog --output dog.png
 
 It runs example_workflows/pix2pix_zero_real_photo.json (BLIP caption, regularized inversion, edit direction,
 cross-attention-guided edit) exactly as ComfyUI would, with the given photo, words and checkpoint, shows each node
-and a progress bar, and writes the edited image. ComfyUI is found from --comfyui, else $COMFYUI_PATH, else the
-ComfyUI this pack is installed in (custom_nodes/<pack>/). Run it with ComfyUI's own Python. Models come from
-ComfyUI's models folders (and its extra_model_paths.yaml).
+and a progress bar, and writes the edited image: to --output, else to ComfyUI's output folder as
+pix2pix_zero/<source>_to_<target>_00001.png (the next free number). ComfyUI is found from --comfyui, else
+$COMFYUI_PATH, else the ComfyUI this pack is installed in (custom_nodes/<pack>/). Run it with ComfyUI's own Python.
+Models come from ComfyUI's models folders (and its extra_model_paths.yaml); missing ones are downloaded on first use
+(the checkpoint from the URL the workflow names, BLIP from Hugging Face). Every argument and model is checked before
+ComfyUI starts, so a mistake costs a second, not ComfyUI's start-up.
 """
 import argparse
+import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -18,14 +23,196 @@ import time
 
 PACK_DIR = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_WORKFLOW = os.path.join(PACK_DIR, "example_workflows", "pix2pix_zero_real_photo.json")
+DEFAULT_IMAGE = os.path.join(PACK_DIR, "assets", "cat.jpg")  # the authors' cat_1.png (MIT), see assets/
+DEFAULT_CHECKPOINT = "v1-5-pruned-emaonly-fp16.safetensors"  # what the example workflow loads
+OUTPUT_SUBFOLDER = "pix2pix_zero"  # in ComfyUI's output folder, when no --output is given
+# Same values as nodes/caption.py and core/caption.py, which import torch: this file must not before ComfyUI starts.
+DEFAULT_BLIP = "blip-image-captioning-base"
+BLIP_REPO_ID = "Salesforce/blip-image-captioning-base"
+# For tests (and mirrors): where the default checkpoint is downloaded from instead of the workflow's URL.
+CHECKPOINT_URL_ENV = "P2PZ_CHECKPOINT_URL"
+FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
+# The nodes' own limits (InvertLatent steps, BuildDirection count, ImageScale size), checked before ComfyUI starts.
+MAX_STEPS, MAX_SENTENCES, MAX_SIZE = 500, 10000, 16384
+
 sys.path.insert(0, PACK_DIR)
-from scripts import comfy_host  # noqa: E402
-from scripts.workflow_api import node_definitions_from_classes, set_widget, ui_to_api  # noqa: E402
+from scripts import comfy_host, model_fetch  # noqa: E402  (standard library only at import)
 
 
 class CommandError(Exception):
     """A problem the user can fix; printed without a traceback."""
 
+
+# ----------------------------------------------------------------------------------------------------------------
+# Checks before ComfyUI starts (no ComfyUI, no torch imported)
+# ----------------------------------------------------------------------------------------------------------------
+
+def check_arguments(args):
+    """Every check that needs no model: numbers, the output name and format, the photo, the workflow."""
+    if args.steps < 1 or args.steps > MAX_STEPS:
+        raise CommandError(f"--steps {args.steps}: give 1 to {MAX_STEPS} DDIM steps (50 is the authors' choice)")
+    if args.sentences < 1 or args.sentences > MAX_SENTENCES:
+        raise CommandError(f"--sentences {args.sentences}: give 1 to {MAX_SENTENCES} sentences per word (about "
+                           f"1000 give a clean direction)")
+    if args.size < 64 or args.size % 8 or args.size > MAX_SIZE:
+        lower, upper = max(64, args.size - args.size % 8), max(64, args.size - args.size % 8 + 8)
+        hint = f" (e.g. {lower} or {upper})" if args.size >= 64 and args.size % 8 else ""
+        raise CommandError(f"--size {args.size}: give a multiple of 8 from 64 to {MAX_SIZE}{hint}: the VAE works in "
+                           f"8-pixel blocks and would silently crop any other size; 512 suits SD 1.x")
+    if args.seed < 0 or args.seed > 0xFFFFFFFFFFFFFFFF:
+        raise CommandError(f"--seed {args.seed}: give a number from 0 to 2**64 - 1")
+    for option in ("source", "target"):
+        if not getattr(args, option).strip():
+            raise CommandError(f"--{option} is empty: name what the photo shows (--source) and what it should show "
+                               f"(--target), e.g. --source cat --target dog")
+    if args.output is not None:
+        ext = os.path.splitext(args.output)[1].lower()
+        if ext not in FORMATS:
+            raise CommandError(f"--output {args.output}: the name must end in one of {', '.join(FORMATS)} (the "
+                               f"image is written in that format)")
+        if os.path.isdir(args.output):
+            raise CommandError(f"--output {args.output} is a folder: give a file name such as dog.png")
+        if os.path.exists(args.output) and not args.overwrite:
+            raise CommandError(f"{os.path.abspath(args.output)} exists: choose another --output, or pass --overwrite "
+                               f"to replace it")
+        check_format_supported(FORMATS[ext], args.output)
+    image = os.path.abspath(args.image)
+    if not os.path.isfile(image):
+        raise CommandError(f"image not found: {image}")
+    from PIL import Image, UnidentifiedImageError
+    try:
+        with Image.open(image) as im:
+            im.load()
+    except (UnidentifiedImageError, OSError, ValueError) as e:
+        raise CommandError(f"cannot read {image} as an image ({type(e).__name__}: {e}): give a PNG, JPEG or WebP "
+                           f"photo") from None
+    try:
+        with open(args.workflow, encoding="utf-8") as f:
+            workflow = json.load(f)
+    except (OSError, ValueError) as e:
+        raise CommandError(f"cannot read the workflow {args.workflow}: {e}") from None
+    if not isinstance(workflow, dict) or not isinstance(workflow.get("nodes"), list):
+        raise CommandError(f"{args.workflow} is not a UI-format ComfyUI workflow (no 'nodes' list): save it from "
+                           f"ComfyUI with Workflow > Save")
+    return workflow
+
+
+def check_format_supported(pil_format, path):
+    from PIL import features
+    if pil_format == "WEBP" and not features.check("webp"):
+        raise CommandError(f"--output {path}: this Pillow cannot write WebP; choose .png or .jpg")
+
+
+def workflow_checkpoint_url(workflow, name):
+    """The download URL the workflow gives for checkpoint ``name`` (a node's properties.models, as the frontend
+    reads it), or None."""
+    for node in workflow["nodes"]:
+        for model in (node.get("properties") or {}).get("models") or []:
+            if model.get("directory") == "checkpoints" and model.get("name") == name and model.get("url"):
+                return model["url"]
+    return None
+
+
+def workflow_blip_name(workflow):
+    """The BLIP folder the workflow's caption node names (its first widget: the image input is a link), or None
+    when the workflow captions nothing."""
+    for node in workflow["nodes"]:
+        if node.get("type") == "P2PZ_BLIPCaption" and node.get("widgets_values"):
+            return node["widgets_values"][0]
+    return None
+
+
+def _listing(folders, is_model, limit=20):
+    names = set()
+    for folder in folders:
+        if not os.path.isdir(folder):
+            continue
+        for root, dirs, files in os.walk(folder, followlinks=True):
+            dirs[:] = [d for d in dirs if not d.startswith(".")]
+            for entry in dirs + files:
+                full = os.path.join(root, entry)
+                if is_model(full):
+                    names.add(os.path.relpath(full, folder))
+    names = sorted(names)
+    shown = ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
+    return shown or "none"
+
+
+class Missing:
+    """A model the run needs that is not installed: what it is, where it goes, where it comes from."""
+
+    def __init__(self, kind, name, dest, searched, url, installed, how):
+        self.kind, self.name, self.dest, self.searched = kind, name, dest, searched
+        self.url, self.installed, self.how = url, installed, how
+
+    def describe(self):
+        where = f"put it at {self.dest}"
+        if len(self.searched) > 1:
+            where += f" (looked in: {', '.join(self.searched)})"
+        source = f"; download: {self.url}" if self.url else "; the workflow gives no download URL for it"
+        return (f"{self.kind} {self.name!r}: {where}{source}{self.how}; installed {self.kind}s: {self.installed}")
+
+
+def find_missing_models(args, workflow, layout):
+    missing = []
+    checkpoint_dirs = layout["folders"]["checkpoints"]
+    extensions = tuple(layout["extensions"]["checkpoints"])
+    if not any(os.path.isfile(os.path.join(d, args.checkpoint)) for d in checkpoint_dirs):
+        url = workflow_checkpoint_url(workflow, args.checkpoint)
+        if url and os.environ.get(CHECKPOINT_URL_ENV):
+            url = os.environ[CHECKPOINT_URL_ENV]
+        installed = _listing(checkpoint_dirs, lambda p: os.path.isfile(p) and p.lower().endswith(extensions))
+        missing.append(Missing("checkpoint", args.checkpoint, os.path.join(checkpoint_dirs[0], args.checkpoint),
+                               checkpoint_dirs, url, installed, ""))
+    blip = args.blip or workflow_blip_name(workflow)
+    if blip:
+        default_dir = os.path.join(layout["models_dir"], "blip")  # the pack registers it after the yaml's paths
+        blip_dirs = list(dict.fromkeys(layout["folders"].get("blip", []) + [default_dir]))
+        if not any(os.path.isfile(os.path.join(d, blip, "config.json")) for d in blip_dirs):
+            url = how = None
+            if blip == DEFAULT_BLIP:
+                endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+                url = f"{endpoint}/{BLIP_REPO_ID}"
+                how = (f" (the folder holds config.json, model.safetensors, tokenizer.json, tokenizer_config.json, "
+                       f"vocab.txt, special_tokens_map.json, preprocessor_config.json: on a machine that is online, "
+                       f"hf download {BLIP_REPO_ID} --local-dir \"{os.path.join(default_dir, blip)}\")")
+            installed = _listing(blip_dirs, lambda p: os.path.isfile(os.path.join(p, "config.json")))
+            missing.append(Missing("BLIP model folder", blip, os.path.join(default_dir, blip), blip_dirs, url,
+                                   installed, how or ""))
+    return missing
+
+
+def fetch_missing_models(missing):
+    """Download what can be downloaded, or stop at once (offline, no network, no URL) naming every missing file,
+    folder and URL."""
+    if not missing:
+        return
+    reason = model_fetch.offline_reason()
+    if reason is None and all(m.url for m in missing):
+        hosts = {}
+        for m in missing:
+            hosts.setdefault(m.url.split("/")[2], m.url)
+        reason = next((r for r in map(model_fetch.unreachable_reason, hosts.values()) if r), None)
+    if reason is not None or not all(m.url for m in missing):
+        why = f"they cannot be downloaded now ({reason})" if reason else "not every one can be downloaded"
+        lines = "\n".join(f"  - {m.describe()}" for m in missing)
+        raise CommandError(f"{len(missing)} model(s) missing, and {why}:\n{lines}")
+    for m in missing:
+        print(f"downloading {m.kind} {m.name} from {m.url} to {m.dest} (first use only)", flush=True)
+        try:
+            if m.kind == "checkpoint":
+                model_fetch.download(m.url, m.dest)
+            else:
+                from core.caption import download_blip
+                download_blip(m.dest, BLIP_REPO_ID)
+        except Exception as e:  # the network, a full disk, a refused URL: say what to fetch by hand
+            raise CommandError(f"downloading failed ({type(e).__name__}: {e}); fetch it by hand:\n"
+                               f"  - {m.describe()}") from None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The run (ComfyUI in-process)
+# ----------------------------------------------------------------------------------------------------------------
 
 def boot(comfyui, cpu, input_dir, base_directory=None):
     """ComfyUI as main.py starts it (its defaults, its extra_model_paths.yaml; the CPU when asked or when there is
@@ -45,20 +232,8 @@ def boot(comfyui, cpu, input_dir, base_directory=None):
     return nodes
 
 
-def check_checkpoint(workflow, name):
-    import folder_paths
-
-    if folder_paths.get_full_path("checkpoints", name) is not None:
-        return
-    urls = [m.get("url") for n in workflow["nodes"] for m in (n.get("properties") or {}).get("models", [])
-            if m.get("directory") == "checkpoints"]
-    where = ", ".join(folder_paths.get_folder_paths("checkpoints"))
-    hint = f" (the example's checkpoint downloads from {urls[0]})" if urls else ""
-    raise CommandError(f"checkpoint {name!r} not found: put the file in one of: {where}{hint}")
-
-
 def check_blip(nodes, prompt):
-    """Find (or, online, download) the workflow's BLIP model before any other work."""
+    """The pack's full check of the BLIP folder (every file it needs) before any other work."""
     for node in prompt.values():
         if node["class_type"] == "P2PZ_BLIPCaption":
             caption_nodes = sys.modules[nodes.NODE_CLASS_MAPPINGS["P2PZ_BLIPCaption"].__module__]
@@ -84,28 +259,23 @@ def progress_hook(value, total, preview, prompt_id=None, node_id=None):
     print(f"\r    [{'#' * done}{'.' * (width - done)}] {value}/{total}", end=end, flush=True)
 
 
-def run(args):
-    try:
-        comfyui = comfy_host.find_comfyui(args.comfyui)
-    except comfy_host.HostError as e:
-        raise CommandError(str(e)) from None
-    image = os.path.abspath(args.image)
-    if not os.path.isfile(image):
-        raise CommandError(f"image not found: {image}")
-    output = os.path.abspath(args.output)
-    if os.path.exists(output) and not args.overwrite:
-        raise CommandError(f"{output} exists: choose another --output, or pass --overwrite")
-    import json
-    with open(args.workflow, encoding="utf-8") as f:
-        workflow = json.load(f)
+def output_stem(source, target):
+    """cat, dog -> cat_to_dog (file-name safe)."""
+    def slug(word):
+        return re.sub(r"[^\w-]+", "_", word.strip()).strip("_") or "x"
+    return f"{slug(source)}_to_{slug(target)}"
 
+
+def run(args, comfyui, workflow):
+    image = os.path.abspath(args.image)
     input_dir = tempfile.mkdtemp(prefix="p2pz-input-")
     try:
         shutil.copy(image, os.path.join(input_dir, os.path.basename(image)))
         nodes = boot(comfyui, args.cpu, input_dir, args.base_directory)
         import comfy.utils
 
-        check_checkpoint(workflow, args.checkpoint)
+        from scripts.workflow_api import node_definitions_from_classes, set_widget, ui_to_api
+
         defs = node_definitions_from_classes(nodes.NODE_CLASS_MAPPINGS)
         settings = [("LoadImage", "image", os.path.basename(image)),
                     ("CheckpointLoaderSimple", "ckpt_name", args.checkpoint),
@@ -126,9 +296,10 @@ def run(args):
         check_blip(nodes, prompt)
         saves = [i for i, n in prompt.items() if n["class_type"] == "SaveImage"]
         if len(saves) != 1:
-            raise CommandError(f"the workflow must have exactly one SaveImage node (the edited image), not {len(saves)}")
+            raise CommandError(f"the workflow must have exactly one SaveImage node (the edited image), not "
+                               f"{len(saves)}")
         decoded_by = prompt[saves[0]]["inputs"]["images"][0]
-        # The edit is written to --output; keep ComfyUI's output folder out of it (a preview goes to its temp folder).
+        # The command writes the edit itself (its name, its format); a preview goes to ComfyUI's temp folder.
         prompt[saves[0]] = {"class_type": "PreviewImage", "inputs": {"images": prompt[saves[0]]["inputs"]["images"]}}
         captions = [i for i, n in prompt.items() if n["class_type"] == "P2PZ_BLIPCaption"]
 
@@ -146,46 +317,81 @@ def run(args):
         for node_id in captions:
             print(f"caption: {comfy_host.node_output(result, node_id)}")
         images = comfy_host.node_output(result, decoded_by)
-        save_png(images[0], output)
-        print(f"wrote {output}")
+        if args.output is not None:
+            written = save_image(images[0], os.path.abspath(args.output), overwrite=args.overwrite)
+        else:
+            folder = os.path.join(comfy_host.io_dirs()["output"], OUTPUT_SUBFOLDER)
+            written = save_numbered(images[0], folder, output_stem(args.source, args.target))
+        print(f"wrote {written}")
     finally:
         shutil.rmtree(input_dir, ignore_errors=True)
 
 
-def save_png(image, path):
-    """One IMAGE ([H, W, 3] in 0..1) as a PNG, written atomically."""
+def save_image(image, path, overwrite=False):
+    """One IMAGE ([H, W, 3] in 0..1) in the format its extension names, written atomically (never over an
+    existing file unless ``overwrite``)."""
     import numpy as np
     from PIL import Image
 
-    array = (image.clamp(0, 1).cpu().numpy() * 255.0).round().astype(np.uint8)
     from core.files import atomic_write
 
-    # --overwrite was checked up front; the final move is still atomic.
-    atomic_write(path, lambda tmp: Image.fromarray(array).save(tmp, format="PNG"), overwrite=True)
+    array = (image.clamp(0, 1).cpu().numpy() * 255.0).round().astype(np.uint8)
+    pil_format = FORMATS[os.path.splitext(path)[1].lower()]
+    options = {"quality": 95} if pil_format in ("JPEG", "WEBP") else {}
+    return atomic_write(path, lambda tmp: Image.fromarray(array).save(tmp, format=pil_format, **options),
+                        overwrite=overwrite)
+
+
+def save_numbered(image, folder, stem):
+    """<folder>/<stem>_00001.png, or the next free number: an earlier result is never replaced, even by another
+    run finishing at the same moment (atomic_write refuses a name that was taken meanwhile)."""
+    pattern = re.compile(re.escape(stem) + r"_(\d{5,})\.png$")
+    taken = [int(m.group(1)) for f in (os.listdir(folder) if os.path.isdir(folder) else [])
+             if (m := pattern.match(f))]
+    number = max(taken, default=0) + 1
+    while True:
+        try:
+            return save_image(image, os.path.join(folder, f"{stem}_{number:05d}.png"))
+        except FileExistsError:
+            number += 1
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("image", help="the photo to edit (PNG/JPEG)")
-    parser.add_argument("--source", required=True, help='what the photo shows, e.g. "cat"')
-    parser.add_argument("--target", required=True, help='what it should show, e.g. "dog"')
-    parser.add_argument("--checkpoint", required=True, help="checkpoint file name in ComfyUI's models/checkpoints")
-    parser.add_argument("--output", default="edited.png", help="where to write the edited image (default edited.png)")
+    parser.add_argument("image", nargs="?", default=DEFAULT_IMAGE,
+                        help="the photo to edit (PNG/JPEG/WebP; default: the bundled cat photo, assets/cat.jpg)")
+    parser.add_argument("--source", default="cat", help='what the photo shows (default "cat")')
+    parser.add_argument("--target", default="dog", help='what it should show (default "dog")')
+    parser.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT,
+                        help=f"checkpoint file name in ComfyUI's models/checkpoints (default {DEFAULT_CHECKPOINT}, "
+                             f"downloaded on first use)")
+    parser.add_argument("--output", help="where to write the edited image; .png, .jpg/.jpeg or .webp, written in that "
+                                         f"format (default: ComfyUI's output folder, {OUTPUT_SUBFOLDER}/"
+                                         "<source>_to_<target>_NNNNN.png, the next free number)")
     parser.add_argument("--overwrite", action="store_true", help="replace --output if it exists")
     parser.add_argument("--steps", type=int, default=50, help="DDIM steps of the inversion and the edit (50)")
     parser.add_argument("--seed", type=int, default=0, help="seed of every random draw (0)")
     parser.add_argument("--sentences", type=int, default=1000,
                         help="sentences per word for the edit direction (1000; fewer is faster but less clean)")
     parser.add_argument("--size", type=int, default=512,
-                        help="the photo is resized and centre-cropped to size x size first (512 for SD 1.x)")
-    parser.add_argument("--blip", help="BLIP folder name in models/blip (default: the workflow's)")
+                        help="the photo is resized and centre-cropped to size x size first: a multiple of 8, at "
+                             "least 64 (512 for SD 1.x)")
+    parser.add_argument("--blip", help="BLIP folder name in models/blip (default: the workflow's, "
+                                       f"{DEFAULT_BLIP}, downloaded on first use)")
     parser.add_argument("--workflow", default=DEFAULT_WORKFLOW, help="a UI-format workflow to run instead")
     parser.add_argument("--comfyui", help="the ComfyUI folder (default: $COMFYUI_PATH or the one this pack is in)")
-    parser.add_argument("--base-directory", help="as ComfyUI's --base-directory: look for models/ under it")
+    parser.add_argument("--base-directory", help="as ComfyUI's --base-directory: models/ and output/ under it")
     parser.add_argument("--cpu", action="store_true", help="run on the CPU even if a GPU is present")
     args = parser.parse_args(argv)
     try:
-        run(args)
+        workflow = check_arguments(args)
+        try:
+            comfyui = comfy_host.find_comfyui(args.comfyui)
+            layout = comfy_host.model_folders(comfyui, args.base_directory, ("checkpoints", "blip"))
+        except comfy_host.HostError as e:
+            raise CommandError(str(e)) from None
+        fetch_missing_models(find_missing_models(args, workflow, layout))
+        run(args, comfyui, workflow)
     except CommandError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

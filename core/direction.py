@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -302,10 +303,21 @@ def load_word_embedding(path) -> torch.Tensor:
         raise FileNotFoundError(f"word embedding file not found: {path!r}")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
+    except pickle.UnpicklingError:
+        # PyTorch's own text advises re-running with weights_only=False: advice this pack must never pass on for a
+        # file it refuses on purpose (that would run whatever code the file holds).
         raise ValueError(
-            f"{path!r} could not be read as a tensor file with weights_only=True (corrupt, or it holds more than "
-            f"tensors): {e}"
+            f"{path!r} was refused on purpose: it holds Python code or objects other than plain tensors, and this "
+            f"pack reads .pt files with torch.load(weights_only=True) so that no file can run code. A word "
+            f"embedding file holds one tensor [1, 77, width] (the pix2pix-zero authors' cat.pt, dog.pt, ...): get "
+            f"the authors' file again, or, from a source you trust, save just the tensor with "
+            f"torch.save(tensor.detach().cpu(), 'word.pt')"
+        ) from None
+    except Exception as e:
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise ValueError(
+            f"{path!r} could not be read as a torch-saved tensor file (truncated, corrupt, or not a .pt file: "
+            f"{type(e).__name__}: {first_line}); get the file again"
         ) from None
     if isinstance(obj, Mapping) and len(obj) == 1:
         obj = next(iter(obj.values()))

@@ -37,6 +37,7 @@ from .student import (
     load_student,
     save_student,
 )
+from .files import check_name
 from .student_data import Augment, PairDataset, held_out_split, sample_batch
 
 STATE_DIR = "train_state"
@@ -250,8 +251,7 @@ def train_student(
     log = log or (lambda s: None)
     options = options or TrainOptions()
     device = torch.device(device)
-    if not re.fullmatch(r"[A-Za-z0-9._-]+", name):
-        raise ValueError(f"run name {name!r}: use letters, digits, '.', '_' or '-'")
+    name = check_name(name, "run name")
     os.makedirs(output_dir, exist_ok=True)
 
     start_step, state_meta, state_tensors, resume_path = 0, None, None, None
@@ -391,3 +391,24 @@ def train_student(
                        held_out_l1=final_held[0] if final_held else None,
                        identity_l1=final_held[1] if final_held else None,
                        held_out_pairs=len(val_pos), checkpoints=checkpoints)
+
+
+def format_losses(losses):
+    """{"l1": 0.1, ...} -> "l1 0.1000, ..." (sorted: the same order in every line)."""
+    return ", ".join(f"{k} {v:.4f}" for k, v in sorted(losses.items())) or "n/a"
+
+
+def training_report(path, start, steps, losses, result):
+    """The lines Train Student shows under its node and logs: the file written (or found, when ``start`` already
+    reached ``steps``), the last smoothed losses and, from a TrainResult, the held-out L1 against doing nothing."""
+    lines = [f"student written: {path}" if start < steps else
+             f"already trained to step {start} (raise steps to train longer): {path}"]
+    if losses:
+        lines.append(f"final loss (smoothed) at step {steps}: {format_losses(losses)}")
+    if result is not None and result.held_out_l1 is not None:
+        lines.append(f"held-out L1 over {result.held_out_pairs} pairs: {result.held_out_l1:.4f} "
+                     + (f"(doing nothing scores {result.identity_l1:.4f}; lower is better)"
+                        if result.identity_l1 is not None else "(lower is better)"))
+    elif result is not None:
+        lines.append("held-out L1: n/a (too few pairs to hold any out)")
+    return lines

@@ -18,7 +18,7 @@ from ..core.caption import (
     ensure_blip,
     load_blip,
 )
-from .common import CATEGORY
+from .common import CATEGORY, create_default_folder
 
 BLIP_FOLDER = "blip"  # folder_paths name: <models_dir>/blip/<model name>/ holds one Hugging Face format BLIP
 DEFAULT_BLIP_NAME = BLIP_REPO_ID.split("/")[-1]  # "blip-image-captioning-base": downloaded on first use
@@ -35,6 +35,8 @@ def register_blip_folder(path=None):
     extra_model_paths.yaml, say). Returns the absolute path."""
     path = os.path.abspath(path or default_blip_dir())
     folder_paths.add_model_folder_path(BLIP_FOLDER, path)
+    if path == os.path.abspath(default_blip_dir()):
+        create_default_folder(path)  # only the pack's own default: a user's extra path is theirs to create
     return path
 
 
@@ -42,13 +44,14 @@ register_blip_folder()
 
 
 def blip_model_names():
-    """Names of the sub-folders of every registered "blip" folder (sorted, as they are on disk); the default
-    model's name when there are none, so it can be downloaded on first use."""
-    names = set()
+    """Names of the sub-folders of every registered "blip" folder, sorted, always with the default model's name
+    (downloaded on first use when missing): a workflow that names it (the examples do) then validates whatever
+    other BLIP folders are installed."""
+    names = {DEFAULT_BLIP_NAME}
     for base in folder_paths.get_folder_paths(BLIP_FOLDER):
         if os.path.isdir(base):
             names.update(e.name for e in os.scandir(base) if e.is_dir() and not e.name.startswith("."))
-    return sorted(names) or [DEFAULT_BLIP_NAME]
+    return sorted(names)
 
 
 def resolve_blip_folder(name):
@@ -141,7 +144,7 @@ class BLIPCaption:
         return {
             "required": {
                 "image": ("IMAGE", {"tooltip": "The image(s) to caption. Every image of the batch gets its own caption."}),
-                "blip_model": (blip_model_names(), {"tooltip": "A Hugging Face format BLIP captioning model: a sub-folder of models/blip. blip-image-captioning-base is downloaded on first use when it is missing (online only)."}),
+                "blip_model": (blip_model_names(), {"tooltip": "A Hugging Face format BLIP captioning model: a sub-folder of models/blip. blip-image-captioning-base is always listed: when its folder is missing it is downloaded into models/blip on first use (about 1 GB; online only, offline the node says where to put it)."}),
                 "prefix": ("STRING", {"default": "a picture of", "tooltip": "Text the caption is made to start with (BLIP's conditional prompt; 'a picture of' as the authors). Empty: unconditional captioning. BLIP lowercases it."}),
                 "prefix_mode": (list(PREFIX_MODES), {"default": "strip", "tooltip": "strip: remove the prefix from the caption (the authors). keep: the caption starts with the prefix, lowercased (diffusers' pipeline)."}),
                 "num_beams": ("INT", {"default": 3, "min": 1, "max": 16, "tooltip": "Beam search width (3 as the authors). 1 is greedy. More beams: slower, often more generic captions."}),

@@ -32,8 +32,22 @@ def check_conditioning_batch(conditioning, batch_size: int, what: str = "conditi
 DIRECTION_TYPE = "P2PZ_EDIT_DIRECTION"
 
 
+def create_default_folder(path: str) -> None:
+    """Create the pack's own default model folder (``<ComfyUI models>/<name>``) when it is missing, so that users
+    can drop files in (the authors' .pt embeddings, students) without making it first. Only ever this folder: paths
+    the user named in extra_model_paths.yaml are theirs to create. A read-only install is only logged: the pack
+    still loads, and saving there later fails with the OS error."""
+    import logging
+
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        logging.warning("comfyui-pix2pix-zero: could not create the model folder %s (%s); create it to put files "
+                        "there", path, e)
+
+
 def register_model_folder(folder_name: str, extensions) -> None:
-    """Make ``<ComfyUI models>/<folder_name>`` a model folder without overwriting what is there.
+    """Make ``<ComfyUI models>/<folder_name>`` a model folder without overwriting what is there, and create it.
 
     extra_model_paths.yaml (loaded before custom nodes) may already have registered the name with the user's own
     paths: those are kept first and ours is appended. An entry with an empty extension set lists every file, so
@@ -42,6 +56,7 @@ def register_model_folder(folder_name: str, extensions) -> None:
     import folder_paths
 
     path = os.path.join(folder_paths.models_dir, folder_name)
+    create_default_folder(path)
     if folder_name in folder_paths.folder_names_and_paths:
         folder_paths.add_model_folder_path(folder_name, path)
         paths, exts = folder_paths.folder_names_and_paths[folder_name]

@@ -15,6 +15,7 @@ from ..core.direction import (
     load_word_embedding,
     save_direction,
 )
+from ..core.files import check_name
 from ..core.sentences import (
     KINDS,
     generate_sentences,
@@ -211,14 +212,12 @@ class SaveDirection:
         return {
             "required": {
                 "direction": (DIRECTION_TYPE, {"tooltip": "The direction to save."}),
-                "name": ("STRING", {"default": "cat_to_dog", "tooltip": "File name, without .safetensors. If it exists, _2, _3, ... is added."}),
+                "name": ("STRING", {"default": "cat_to_dog", "tooltip": "File name, without .safetensors: letters, digits, '_', '-' or '.' (a letter or digit first). If it exists, _2, _3, ... is added."}),
             }
         }
 
     def save(self, direction, name):
-        name = name.strip().removesuffix(".safetensors")
-        if not name or os.path.basename(name) != name or name in (".", ".."):
-            raise ValueError(f"invalid file name {name!r}: give a plain name such as 'cat_to_dog' (no folders)")
+        name = check_name(name.strip().removesuffix(".safetensors"), "direction name")
         # The first folder registered: models/pix2pix_zero_directions/ unless extra_model_paths.yaml names another.
         folder = folder_paths.get_folder_paths(DIRECTIONS_FOLDER)[0]
         path = _free_path(folder, name)

@@ -4,8 +4,8 @@ P2PZ_SavePairs writes pairs from the diffusion editor into output/pix2pix_zero_p
 (or P2PZ_TrainStudent) trains a student on such a folder; P2PZ_LoadStudent + P2PZ_ApplyStudent apply it.
 """
 import dataclasses
+import logging
 import os
-import re
 
 import comfy.model_management
 import comfy.model_patcher
@@ -13,6 +13,7 @@ import comfy.utils
 import folder_paths
 import torch
 
+from ..core.files import check_name
 from ..core.student import (
     FeaturePerceptualLoss,
     StudentConfig,
@@ -31,7 +32,9 @@ from ..core.student_training import (
     STATE_DIR,
     TrainOptions,
     find_checkpoints,
+    format_losses,
     train_student,
+    training_report,
 )
 from .common import CATEGORY, SEED_INPUT, model_files, register_model_folder
 
@@ -40,17 +43,6 @@ PAIRS_SUBDIR = "pix2pix_zero_pairs"  # under ComfyUI's output directory: dataset
 STUDENT_TYPE = "P2PZ_STUDENT"
 APPLY_CHUNK = 8  # images per forward pass: bounds memory on big batches (images are independent: no effect on results)
 register_model_folder(STUDENTS_FOLDER, {".safetensors"})
-
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
-
-
-def _check_name(name, what):
-    name = name.strip()
-    if not _NAME_RE.match(name):
-        raise ValueError(f"invalid {what} {name!r}: use letters, digits, '.', '_' or '-' (no folders, no spaces), "
-                         "e.g. cat_to_dog")
-    return name
-
 
 def student_files():
     return [f for f in model_files(STUDENTS_FOLDER, (".safetensors",))
@@ -193,7 +185,7 @@ class SavePairs:
             "required": {
                 "original": ("IMAGE", {"tooltip": "The images given to the diffusion editor (decoded input)."}),
                 "edited": ("IMAGE", {"tooltip": "The editor's results, in the same order and size as original (when VAEEncode cropped the photo to a multiple of 8, the original is cropped the same way)."}),
-                "dataset_name": ("STRING", {"default": "cat_to_dog", "tooltip": "Folder under output/pix2pix_zero_pairs/; one dataset per edit. Letters, digits, . _ -"}),
+                "dataset_name": ("STRING", {"default": "cat_to_dog", "tooltip": "Folder under output/pix2pix_zero_pairs/; one dataset per edit: letters, digits, '_', '-' or '.' (a letter or digit first)."}),
                 "edit": ("STRING", {"default": "cat -> dog", "tooltip": "Name of the edit, stored with every pair and later in the student file."}),
                 "min_structure": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip": "Keep a pair only if the edge maps of original and edited correlate at least this much (0 = off). Structure-keeping edits score about 0.5-0.95, unrelated images near 0; 0.3-0.5 drops edits that redrew the scene."}),
                 "min_change": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.005, "tooltip": "Keep a pair only if the mean pixel change is at least this (0 = off); 0.01-0.03 drops edits that did nothing."}),
@@ -201,7 +193,7 @@ class SavePairs:
         }
 
     def save(self, original, edited, dataset_name, edit, min_structure, min_change):
-        name = _check_name(dataset_name, "dataset name")
+        name = check_name(dataset_name, "dataset name")
         original = _match_vae_crop(original, edited)
         if original.shape != edited.shape:
             raise ValueError(f"original {tuple(original.shape)} and edited {tuple(edited.shape)} differ: connect the "
@@ -250,7 +242,7 @@ class TrainStudent:
         return {
             "required": {
                 "dataset_name": ("STRING", {"default": "cat_to_dog", "tooltip": "A folder under output/pix2pix_zero_pairs/ (written by Save Pairs)."}),
-                "student_name": ("STRING", {"default": "cat_to_dog", "tooltip": "Checkpoint file prefix in models/pix2pix_zero_students/."}),
+                "student_name": ("STRING", {"default": "cat_to_dog", "tooltip": "Checkpoint file prefix in models/pix2pix_zero_students/: letters, digits, '_', '-' or '.' (a letter or digit first)."}),
                 "steps": ("INT", {"default": 5000, "min": 1, "max": 1000000, "tooltip": "Total training steps. Thousands for a real edit; with existing checkpoints, training continues up to this."}),
                 "resolution": ("INT", {"default": 256, "min": 16, "max": 2048, "step": 16, "tooltip": "Training crop size in px (multiple of 16). Pairs must be at least this big."}),
                 "batch_size": ("INT", {"default": 8, "min": 1, "max": 256, "tooltip": "Crops per step (the paper: 64)."}),
@@ -267,8 +259,8 @@ class TrainStudent:
 
     def train(self, dataset_name, student_name, steps, resolution, batch_size, learning_rate, lambda_adv,
               checkpoint_every, color_jitter, seed, vae=None):
-        dataset = os.path.join(pairs_root(), _check_name(dataset_name, "dataset name"))
-        name = _check_name(student_name, "student name")
+        dataset = os.path.join(pairs_root(), check_name(dataset_name, "dataset name"))
+        name = check_name(student_name, "student name")
         if not os.path.isdir(dataset):
             raise ValueError(f"no dataset {dataset_name!r} in {pairs_root()}: collect pairs with Save Pairs first")
         out_dir = folder_paths.get_folder_paths(STUDENTS_FOLDER)[0]
@@ -280,11 +272,20 @@ class TrainStudent:
         device = comfy.model_management.get_torch_device()
         pbar = comfy.utils.ProgressBar(steps)
         start = existing[-1][0] if existing else 0
+        # The queue is blocked for minutes to hours: say in the console where it stands (about 20 lines a run).
+        log_every = max(1, steps // 20)
+        last = {}
 
-        def progress(step, total, _losses):
+        def progress(step, total, losses):
             comfy.model_management.throw_exception_if_processing_interrupted()
             pbar.update_absolute(step, total)
+            last.update(losses)
+            if step == total or step % log_every == 0:
+                logging.info("P2PZ_TrainStudent %s: step %d/%d, loss %s", name, step, total, format_losses(losses))
 
+        logging.info("P2PZ_TrainStudent %s: training on %s (%d pairs) to step %d on %s%s", name, dataset,
+                     len(list_pairs(dataset)), steps, device, f", resuming from step {start}" if start else "")
+        held_out = None
         # the executor runs nodes under inference_mode: training needs autograd back, on tensors made here
         with torch.inference_mode(False), torch.enable_grad():
             perceptual = None
@@ -298,9 +299,14 @@ class TrainStudent:
                                        resume="latest" if existing else None,
                                        perceptual=perceptual, device=device, progress=progress)
                 result_path = result.student_path
+                held_out = result
         net, metadata = load_student(result_path)
         folder_paths.filename_list_cache.pop(STUDENTS_FOLDER, None)  # the new files show up in Load Student
-        return (make_student(net, metadata, os.path.basename(result_path)),)
+        lines = training_report(result_path, start, steps, last, held_out)
+        for line in lines:
+            logging.info("P2PZ_TrainStudent %s: %s", name, line)
+        return {"ui": {"text": lines},
+                "result": (make_student(net, metadata, os.path.basename(result_path)),)}
 
 
 def _trainable_copy(module):

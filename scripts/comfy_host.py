@@ -12,6 +12,7 @@ Only ComfyUI's public surfaces are used, so one code path works on 0.3.64 (the d
 
 Functions:
   find_comfyui(explicit=None)                 the ComfyUI folder: explicit, $COMFYUI_PATH, or the one the pack is in
+  model_folders(comfyui, base_directory, ...) ComfyUI's model and output folders, read in a second, without booting
   boot(comfyui=None, device="cpu", ...)       import ComfyUI in-process (idempotent); returns its ``nodes`` module
   load_pack()                                 load this pack through ComfyUI's own loader; its NODE_CLASS_MAPPINGS
   call_node(node, **inputs)                   run one node's FUNCTION under inference_mode, as the executor does
@@ -74,6 +75,45 @@ def find_comfyui(explicit=None) -> str:
         raise HostError(f"{explicit!r} is not a ComfyUI folder (no main.py and comfy/ in it)")
     raise HostError("ComfyUI not found: pass its folder (--comfyui), set COMFYUI_PATH, or install this pack in "
                     "ComfyUI/custom_nodes/")
+
+
+# Run by model_folders() in a child python: only ComfyUI's folder layout code (comfy.cli_args, folder_paths,
+# utils.extra_config: no torch, about 0.5 s), with the same settings boot() would give it.
+_FOLDER_PROBE = r"""
+import json, os, sys
+comfyui, base_directory, names, extra = json.loads(sys.argv[1])
+sys.path.insert(0, comfyui)
+import comfy.options
+from comfy.cli_args import args
+if base_directory:
+    args.base_directory = base_directory
+import utils.extra_config
+import folder_paths
+if extra and os.path.isfile(os.path.join(comfyui, "extra_model_paths.yaml")):
+    utils.extra_config.load_extra_path_config(os.path.join(comfyui, "extra_model_paths.yaml"))
+print(json.dumps({"models_dir": folder_paths.models_dir, "output": folder_paths.get_output_directory(),
+                  "folders": {n: list(folder_paths.folder_names_and_paths.get(n, ([], set()))[0]) for n in names},
+                  "extensions": {n: sorted(folder_paths.folder_names_and_paths.get(n, ([], set()))[1])
+                                 for n in names}}))
+"""
+
+
+def model_folders(comfyui, base_directory=None, names=("checkpoints",), extra_model_paths=True, python=None) -> dict:
+    """Where this ComfyUI looks for models and writes outputs, as boot() would set it up, without booting it (so a
+    command can check its inputs and models in a second instead of after ComfyUI's start-up): ComfyUI's own
+    folder_paths and extra_model_paths.yaml reader run in a child python, so nothing is imported here.
+
+    Returns {"models_dir", "output", "folders": {name: [paths]}, "extensions": {name: [".safetensors", ...]}}; a name
+    ComfyUI does not know itself (a pack's folder such as "blip") has the paths extra_model_paths.yaml gives it.
+    """
+    comfyui = find_comfyui(comfyui)
+    request = json.dumps([comfyui, os.path.abspath(base_directory) if base_directory else None, list(names),
+                          bool(extra_model_paths)])
+    done = subprocess.run([python or sys.executable, "-c", _FOLDER_PROBE, request], cwd=comfyui,
+                          capture_output=True, text=True, timeout=60)
+    if done.returncode != 0:
+        raise HostError(f"could not read ComfyUI's model folders from {comfyui}:\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def _module_file_under(module, root):

@@ -177,7 +177,28 @@ def _fake_hub(monkeypatch, source_dir, fail_after_first=False):
 
     monkeypatch.setattr(huggingface_hub, "list_repo_files", list_repo_files)
     monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
+    import core.caption
+    monkeypatch.setattr(core.caption, "_hub_unreachable", lambda *a, **k: None)  # the fake hub is "reachable"
     return calls
+
+
+def test_no_network_fails_at_once_without_hub_retries(tmp_path, monkeypatch):
+    """Online mode but nothing answers: a clear error in seconds, not huggingface_hub's ~25 s of retries."""
+    import time
+
+    import huggingface_hub
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # a port nobody listens on
+    monkeypatch.setattr(huggingface_hub, "list_repo_files", lambda *a, **k: pytest.fail("the hub was called"))
+    folder = tmp_path / "blip" / "blip-image-captioning-base"
+    started = time.monotonic()
+    with pytest.raises(BlipModelMissingError) as info:
+        ensure_blip(str(folder))
+    assert time.monotonic() - started < 5
+    msg = str(info.value)
+    assert "no network: cannot reach 127.0.0.1:9" in msg and str(folder) in msg and "hf download" in msg
+    assert not (tmp_path / "blip").exists() or os.listdir(tmp_path / "blip") == []
 
 
 def test_download_failure_leaves_nothing(tmp_path, monkeypatch, blip_dir):

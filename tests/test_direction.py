@@ -177,8 +177,16 @@ def test_word_embedding_loader_never_unpickles_code(tmp_path):
     path = tmp_path / "evil.pt"
     with open(path, "wb") as f:
         pickle.dump({"x": _Evil()}, f, protocol=2)
-    with pytest.raises(ValueError, match="weights_only=True"):
+    with pytest.raises(ValueError, match="weights_only=True") as refused:
         load_word_embedding(path)
+    message = str(refused.value)
+    # our own words: refused on purpose, what a proper file is; never PyTorch's advice to turn the safety off
+    assert "refused on purpose" in message and "plain tensors" in message and "torch.save(" in message
+    assert "weights_only=False" not in message and "Re-running" not in message and "pwned" not in message
+    (tmp_path / "truncated.pt").write_bytes(b"PK\x03\x04 not a zip")
+    with pytest.raises(ValueError, match="could not be read as a torch-saved tensor file") as corrupt:
+        load_word_embedding(tmp_path / "truncated.pt")
+    assert "weights_only=False" not in str(corrupt.value)
     torch.save({"a": torch.zeros(1), "b": torch.zeros(1)}, tmp_path / "two.pt")
     with pytest.raises(ValueError, match="not a word embedding"):
         load_word_embedding(tmp_path / "two.pt")

@@ -52,6 +52,24 @@ def test_nodes_registered_with_tooltips(pack_nodes, comfy):
     assert pack_nodes[CAPTION].OUTPUT_IS_LIST == (True,) and pack_nodes[ENCODE].INPUT_IS_LIST is True
 
 
+def test_default_blip_validates_with_other_blips_installed(comfy, caption_mod, blip_models):
+    """The example workflow names blip-image-captioning-base; with only other BLIP folders installed ComfyUI
+    refused it at Run ("Value not in list")."""
+    import folder_paths
+
+    assert not any(os.path.isdir(os.path.join(p, caption_mod.DEFAULT_BLIP_NAME))
+                   for p in folder_paths.get_folder_paths("blip")), "the test needs the default BLIP absent"
+    prompt = {
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": 0}},
+        "2": {"class_type": CAPTION, "inputs": {"image": ["1", 0], "blip_model": caption_mod.DEFAULT_BLIP_NAME,
+                                                "prefix": "a picture of", "prefix_mode": "strip", "num_beams": 3,
+                                                "max_length": 30, "min_length": 10}},
+        "3": {"class_type": "PreviewAny", "inputs": {"source": ["2", 0]}},
+    }
+    ok, error, outputs, node_errors = comfy.validate(prompt)
+    assert ok, (error, node_errors)
+
+
 def test_blip_folder_registry_is_extended_never_overwritten(caption_mod, blip_models, tmp_path):
     import folder_paths
 
@@ -72,6 +90,11 @@ def test_blip_folder_registry_is_extended_never_overwritten(caption_mod, blip_mo
         # sub-folders of every registered path, sorted, names as on disk; hidden folders and files left out
         assert combo == sorted(combo) and {BLIP_NAME, "Zeta BLIP", "another.v2"} <= set(combo)
         assert ".downloading" not in combo and "not-a-folder.safetensors" not in combo
+        # the default model stays on offer (downloaded on first use) next to installed ones, as its tooltip says,
+        # so the example workflow that names it validates
+        assert caption_mod.DEFAULT_BLIP_NAME == "blip-image-captioning-base" and caption_mod.DEFAULT_BLIP_NAME in combo
+        tooltip = caption_mod.BLIPCaption.INPUT_TYPES()["required"]["blip_model"][1]["tooltip"]
+        assert "always listed" in tooltip and "downloaded" in tooltip
     finally:
         _unregister(str(other))
 

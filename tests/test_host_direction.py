@@ -1,5 +1,6 @@
 """Edit-direction nodes inside a real ComfyUI: parity with diffusers on shared CLIP weights, SD 1.x / 2.x / SDXL
 encoders, save -> load -> apply through the real executor, the authors' .pt files."""
+import importlib
 import os
 import shutil
 import types
@@ -194,6 +195,45 @@ def test_build_save_load_apply_through_the_executor(comfy, tiny_checkpoint_name,
     edited = comfy.node_output(result, "4")
     assert torch.equal(edited[0][0], apply_direction(caption[0][0], loaded, 1.5))
     assert torch.isfinite(comfy.node_output(result, "7")).all()
+
+
+def test_save_direction_names_and_file_mode(comfy, tiny_checkpoint_name, directions_dir, tiny_sd15_objects):
+    """One name check for every name a user types: '...' once wrote a hidden file that Load never listed. Saved
+    files get the permissions of ComfyUI's own (0644 under umask 022), not safetensors' 0600."""
+    _, clip, _ = tiny_sd15_objects
+    direction = _build(comfy, clip, count=3)
+    folder = directions_dir / "pix2pix_zero_directions"
+    for bad in ("...", ".", "..", ".hidden", "a/b", "..\\x", "", "  ", "cat to dog"):
+        with pytest.raises(ValueError, match="letters, digits, '_', '-' or '.'"):
+            comfy.call_node("P2PZ_SaveDirection", direction=direction, name=bad)
+    assert os.listdir(folder) == []
+    old_umask = os.umask(0o022)
+    try:
+        comfy.call_node("P2PZ_SaveDirection", direction=direction, name=" cat_to_dog.v2 ")
+    finally:
+        os.umask(old_umask)
+    assert os.listdir(folder) == ["cat_to_dog.v2.safetensors"]
+    assert os.stat(folder / "cat_to_dog.v2.safetensors").st_mode & 0o777 == 0o644
+
+
+def test_pack_creates_its_own_default_model_folders(comfy, pack_nodes, tmp_path, monkeypatch):
+    """Users drop the authors' .pt files into models/pix2pix_zero_directions: it must exist once the pack loaded.
+    Only the pack's default folder is created, never a path the user named in extra_model_paths.yaml."""
+    import folder_paths
+
+    common = importlib.import_module(pack_nodes["P2PZ_SaveDirection"].__module__.rsplit(".", 1)[0] + ".common")
+    for name in ("pix2pix_zero_directions", "pix2pix_zero_students", "pix2pix_zero_sentences", "blip"):
+        assert os.path.isdir(os.path.join(folder_paths.models_dir, name)), name
+    monkeypatch.setattr(folder_paths, "models_dir", str(tmp_path / "models"))
+    user_path = str(tmp_path / "user-extra" / "p2pz_test_folder")
+    folder_paths.add_model_folder_path("p2pz_test_folder", user_path)
+    try:
+        common.register_model_folder("p2pz_test_folder", {".pt"})
+        assert os.path.isdir(tmp_path / "models" / "p2pz_test_folder")
+        assert not os.path.exists(user_path)
+        assert folder_paths.get_folder_paths("p2pz_test_folder") == [user_path, str(tmp_path / "models" / "p2pz_test_folder")]
+    finally:
+        folder_paths.folder_names_and_paths.pop("p2pz_test_folder", None)
 
 
 def test_corrupt_direction_file_fails_clearly(comfy, tiny_checkpoint_name, directions_dir):

@@ -163,10 +163,14 @@ def test_save_pairs_collects_without_overwriting_and_filters(comfy, pack_nodes):
             graph(["3", 0], 0.0)["4"]["inputs"], dataset_name="../escape"))}))
 
 
-def test_train_node_trains_resumes_and_uses_the_vae_encoder(comfy, pack_nodes, students_dir):
+def test_train_node_trains_resumes_and_uses_the_vae_encoder(comfy, pack_nodes, students_dir, caplog):
     """P2PZ_TrainStudent on a pair folder, under inference_mode as the executor runs it, with the perceptual loss
-    on a VAE encoder whose weights were made under inference_mode (as every loaded VAE's are)."""
+    on a VAE encoder whose weights were made under inference_mode (as every loaded VAE's are); it says what it did
+    (UI text, log lines, ComfyUI's progress bar) and writes files others can read (0644 under umask 022)."""
+    import logging
+
     import folder_paths
+    from comfy.utils import set_progress_bar_global_hook  # not "import comfy.utils": the fixture is named comfy
 
     from core.student_data import save_pairs
 
@@ -184,11 +188,29 @@ def test_train_node_trains_resumes_and_uses_the_vae_encoder(comfy, pack_nodes, s
         kwargs = {"dataset_name": "host_swap", "student_name": "swap", "steps": 3, "resolution": 16,
                   "batch_size": 2, "learning_rate": 1e-3, "lambda_adv": 0.1, "checkpoint_every": 2,
                   "color_jitter": False, "seed": 0}
-        student = comfy.call_node("P2PZ_TrainStudent", vae=vae, **kwargs)[0]
+        progress = []
+        set_progress_bar_global_hook(lambda value, total, *_a, **_k: progress.append((value, total)))
+        old_umask = os.umask(0o022)
+        try:
+            with caplog.at_level(logging.INFO):
+                done = comfy.call_node("P2PZ_TrainStudent", vae=vae, **kwargs)
+        finally:
+            os.umask(old_umask)
+            set_progress_bar_global_hook(None)
+        student = done["result"][0]
         assert sorted(f for f in os.listdir(students_dir) if f.startswith("swap")) == [
             "swap-step000002.safetensors", "swap-step000003.safetensors"]
+        for f in ("swap-step000002.safetensors", "swap-step000003.safetensors"):
+            assert os.stat(os.path.join(students_dir, f)).st_mode & 0o777 == 0o644, f
         assert student.metadata["training_steps"] == "3" and student.metadata["edit"] == "red -> blue"
-        more = comfy.call_node("P2PZ_TrainStudent", **dict(kwargs, steps=4))[0]  # resumes from step 3
+        text = done["ui"]["text"]
+        assert text[0] == f"student written: {os.path.join(students_dir, 'swap-step000003.safetensors')}", text
+        assert text[1].startswith("final loss (smoothed) at step 3: ") and " l1 " in text[1], text
+        assert text[2].startswith("held-out L1 over 1 pairs: "), text
+        logged = [r.getMessage() for r in caplog.records if "P2PZ_TrainStudent swap" in r.getMessage()]
+        assert any("step 3/3, loss" in m for m in logged) and any(text[2] in m for m in logged), logged
+        assert progress[-1] == (3, 3) and (1, 3) in progress, progress
+        more = comfy.call_node("P2PZ_TrainStudent", **dict(kwargs, steps=4))["result"][0]  # resumes from step 3
         assert more.metadata["training_steps"] == "4"
         assert "swap-step000004.safetensors" in pack_nodes["P2PZ_LoadStudent"].INPUT_TYPES()["required"]["student_name"][0]
         out = comfy.call_node("P2PZ_ApplyStudent", student=more, image=imgs.movedim(1, -1))[0]
