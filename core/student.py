@@ -450,11 +450,6 @@ def _describe_foreign(keys: Sequence[str], metadata: dict) -> str:
     return f"some other model ({len(ks)} tensors, e.g. {ks[:3]})"
 
 
-def read_student_metadata(path: str) -> dict[str, str]:
-    """Metadata of a student file after checking that it is one (format, version, architecture, config)."""
-    return _open_checked(path)[0]
-
-
 def _open_checked(path: str):
     from safetensors import safe_open
 

@@ -225,6 +225,130 @@ def held_out_l1(model, dataset: PairDataset, positions: list[int], device="cpu")
 ProgressFn = Callable[[int, int, dict], None]
 
 
+@dataclasses.dataclass
+class _ResumePoint:
+    """Where a run starts: its options, step, and (when resuming) the saved state and the student file."""
+
+    options: TrainOptions
+    step: int = 0
+    meta: dict | None = None
+    tensors: dict | None = None
+    student_path: str | None = None
+
+
+def _resume_point(output_dir: str, name: str, options: TrainOptions, resume: str | None) -> _ResumePoint:
+    """A fresh start (refused when checkpoints of `name` exist: files are never overwritten), or the state of the
+    checkpoint `resume` ("latest": the newest), whose options are kept except `steps` and `checkpoint_every`."""
+    if not resume:
+        if find_checkpoints(output_dir, name):
+            raise FileExistsError(f"{output_dir} already holds checkpoints of {name!r}: resume them (--resume "
+                                  "latest) or choose another name or output folder (files are never overwritten)")
+        return _ResumePoint(options)
+    path = resume
+    if resume == "latest":
+        found = find_checkpoints(output_dir, name)
+        if not found:
+            raise FileNotFoundError(f"no checkpoints of {name!r} in {output_dir} to resume from")
+        path = found[-1][1]
+    meta, tensors = _read_train_state(state_path_for(path))
+    stored = TrainOptions.from_dict(json.loads(meta["options"]))
+    options = dataclasses.replace(stored, steps=options.steps, checkpoint_every=options.checkpoint_every)
+    step = int(meta["step"])
+    if options.steps < step:
+        raise ValueError(f"{path} is at step {step}; steps ({options.steps}) must not be lower")
+    later = [p for s, p in find_checkpoints(output_dir, name) if s > step]
+    if later:
+        raise FileExistsError(f"{output_dir} already holds later checkpoints of {name!r} "
+                              f"({os.path.basename(later[0])}, ...): resume the latest one, or resume into another "
+                              "output folder (files are never overwritten)")
+    return _ResumePoint(options, step, meta, tensors, path)
+
+
+def _split_pairs(dataset: PairDataset, dataset_dir: str, options: TrainOptions, start: _ResumePoint):
+    """(training positions, held-out positions): a resumed run keeps its own held-out pairs."""
+    if start.meta is not None:
+        held = json.loads(start.meta["held_out"])
+        known = {dataset.index_of(i): i for i in range(len(dataset))}
+        missing = [i for i in held if i not in known]
+        if missing:
+            raise ValueError(f"held-out pairs {missing[:5]} of this run are gone from {dataset_dir}")
+        val_pos = [known[i] for i in held]
+        train_pos = [i for i in range(len(dataset)) if i not in set(val_pos)]
+    else:
+        train_pos, val_pos = held_out_split(len(dataset), options.held_out_fraction, options.seed)
+    if not train_pos:
+        raise ValueError("no training pairs left after holding out pairs for evaluation")
+    return train_pos, val_pos
+
+
+@dataclasses.dataclass
+class _Networks:
+    """The generator, the discriminator (None without the adversarial loss), their optimizers and the batch RNG."""
+
+    gen: torch.nn.Module
+    disc: torch.nn.Module | None
+    opt_g: torch.optim.Optimizer
+    opt_d: torch.optim.Optimizer | None
+    rng: torch.Generator
+
+
+def _build_networks(options: TrainOptions, device, start: _ResumePoint, log) -> _Networks:
+    """Seeded networks and optimizers; a resumed run gets its saved weights, optimizer moments and RNG back, so it
+    continues bit for bit as if never stopped."""
+    gen = build_student(options.student, seed=options.seed).to(device).train()
+    disc = None
+    if options.lambda_adv > 0:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(options.seed + 1)
+            disc = PatchDiscriminator(options.disc_channels, options.disc_layers)
+        disc = disc.to(device).train()
+    betas = (options.beta1, options.beta2)
+    opt_g = torch.optim.Adam(gen.parameters(), lr=options.lr, betas=betas)
+    opt_d = torch.optim.Adam(disc.parameters(), lr=options.lr, betas=betas) if disc is not None else None
+    nets = _Networks(gen, disc, opt_g, opt_d, torch.Generator().manual_seed(options.seed))
+    if start.meta is not None:
+        loaded, _ = load_student(start.student_path)
+        gen.load_state_dict(loaded.state_dict())
+        if disc is not None:
+            disc.load_state_dict({k[5:]: v for k, v in start.tensors.items() if k.startswith("disc.")})
+            _load_optimizer("opt_d", opt_d, start.tensors, json.loads(start.meta["opt_d"]))
+        _load_optimizer("opt_g", opt_g, start.tensors, json.loads(start.meta["opt_g"]))
+        nets.rng.set_state(start.tensors["rng_state"])
+        log(f"resumed {start.student_path} at step {start.step}")
+    return nets
+
+
+def _train_step(nets: _Networks, options: TrainOptions, inp, target, perceptual, adversarial: bool) -> dict:
+    """One generator step (after one discriminator step when `adversarial`); returns the step's losses."""
+    pred = nets.gen(inp)
+    losses = {}
+    if adversarial:
+        nets.disc.requires_grad_(True)
+        loss_d = discriminator_loss(nets.disc(inp, target), nets.disc(inp, pred.detach()), options.gan_loss)
+        nets.opt_d.zero_grad(set_to_none=True)
+        loss_d.backward()
+        nets.opt_d.step()
+        nets.disc.requires_grad_(False)
+        losses["d"] = loss_d.item()
+    loss_l1 = l1_loss(pred, target)
+    loss_g = options.lambda_l1 * loss_l1
+    losses["l1"] = loss_l1.item()
+    if perceptual is not None and options.lambda_perceptual > 0:
+        loss_p = perceptual(pred, target)
+        loss_g = loss_g + options.lambda_perceptual * loss_p
+        losses["perceptual"] = loss_p.item()
+    if adversarial:
+        loss_adv = generator_adversarial_loss(nets.disc(inp, pred), options.gan_loss)
+        loss_g = loss_g + options.lambda_adv * loss_adv
+        losses["g_adv"] = loss_adv.item()
+    if not math.isfinite(loss_g.item()):
+        raise FloatingPointError(f"the loss became {loss_g.item()}: lower the learning rate")
+    nets.opt_g.zero_grad(set_to_none=True)
+    loss_g.backward()
+    nets.opt_g.step()
+    return losses
+
+
 def train_student(
     dataset_dir: str,
     output_dir: str,
@@ -249,75 +373,21 @@ def train_student(
     Returns the final student's path and its held-out L1 next to the identity's.
     """
     log = log or (lambda s: None)
-    options = options or TrainOptions()
     device = torch.device(device)
     name = check_name(name, "run name")
     os.makedirs(output_dir, exist_ok=True)
-
-    start_step, state_meta, state_tensors, resume_path = 0, None, None, None
-    if resume:
-        resume_path = resume
-        if resume == "latest":
-            found = find_checkpoints(output_dir, name)
-            if not found:
-                raise FileNotFoundError(f"no checkpoints of {name!r} in {output_dir} to resume from")
-            resume_path = found[-1][1]
-        state_meta, state_tensors = _read_train_state(state_path_for(resume_path))
-        stored = TrainOptions.from_dict(json.loads(state_meta["options"]))
-        options = dataclasses.replace(stored, steps=options.steps, checkpoint_every=options.checkpoint_every)
-        start_step = int(state_meta["step"])
-        if options.steps < start_step:
-            raise ValueError(f"{resume_path} is at step {start_step}; steps ({options.steps}) must not be lower")
-        later = [p for s, p in find_checkpoints(output_dir, name) if s > start_step]
-        if later:
-            raise FileExistsError(f"{output_dir} already holds later checkpoints of {name!r} "
-                                  f"({os.path.basename(later[0])}, ...): resume the latest one, or resume into another "
-                                  "output folder (files are never overwritten)")
-    elif find_checkpoints(output_dir, name):
-        raise FileExistsError(f"{output_dir} already holds checkpoints of {name!r}: resume them (--resume latest) "
-                              "or choose another name or output folder (files are never overwritten)")
+    start = _resume_point(output_dir, name, options or TrainOptions(), resume)
+    options = start.options
     options.validate()
 
     dataset = PairDataset(dataset_dir, load_size=options.load_size)
-    if state_meta is not None:
-        held = json.loads(state_meta["held_out"])
-        known = {dataset.index_of(i): i for i in range(len(dataset))}
-        missing = [i for i in held if i not in known]
-        if missing:
-            raise ValueError(f"held-out pairs {missing[:5]} of this run are gone from {dataset_dir}")
-        val_pos = [known[i] for i in held]
-        train_pos = [i for i in range(len(dataset)) if i not in set(val_pos)]
-    else:
-        train_pos, val_pos = held_out_split(len(dataset), options.held_out_fraction, options.seed)
-    if not train_pos:
-        raise ValueError("no training pairs left after holding out pairs for evaluation")
+    train_pos, val_pos = _split_pairs(dataset, dataset_dir, options, start)
     split = [dataset.index_of(p) for p in val_pos]
-
-    gen = build_student(options.student, seed=options.seed).to(device).train()
-    use_adv = options.lambda_adv > 0
-    disc = None
-    if use_adv:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(options.seed + 1)
-            disc = PatchDiscriminator(options.disc_channels, options.disc_layers)
-        disc = disc.to(device).train()
-    opt_g = torch.optim.Adam(gen.parameters(), lr=options.lr, betas=(options.beta1, options.beta2))
-    opt_d = torch.optim.Adam(disc.parameters(), lr=options.lr, betas=(options.beta1, options.beta2)) if use_adv else None
-    rng = torch.Generator().manual_seed(options.seed)
+    nets = _build_networks(options, device, start, log)
     if perceptual is None and options.lambda_perceptual > 0:
         perceptual = LaplacianPyramidLoss()
     if perceptual is not None:
         perceptual = perceptual.to(device)
-
-    if state_meta is not None:
-        loaded, _ = load_student(resume_path)
-        gen.load_state_dict(loaded.state_dict())
-        if use_adv:
-            disc.load_state_dict({k[5:]: v for k, v in state_tensors.items() if k.startswith("disc.")})
-            _load_optimizer("opt_d", opt_d, state_tensors, json.loads(state_meta["opt_d"]))
-        _load_optimizer("opt_g", opt_g, state_tensors, json.loads(state_meta["opt_g"]))
-        rng.set_state(state_tensors["rng_state"])
-        log(f"resumed {resume_path} at step {start_step}")
 
     run_meta = {"name": name, "dataset": os.path.basename(os.path.normpath(dataset_dir)), "pairs": len(dataset),
                 "held_out_pairs": len(val_pos)}
@@ -332,60 +402,38 @@ def train_student(
             extra["held_out_l1"] = f"{held[0]:.6f}"
             extra["identity_l1"] = f"{held[1]:.6f}"
         # the state first: a student file on disk always has its state beside it
-        _save_train_state(state_path_for(path), step=step, disc=disc, opt_g=opt_g, opt_d=opt_d, generator=rng,
-                          options=options, split=split, run_meta=run_meta)
-        save_student(path, gen, edit=edit, resolution=options.resolution, training_steps=step, extra=extra)
+        _save_train_state(state_path_for(path), step=step, disc=nets.disc, opt_g=nets.opt_g, opt_d=nets.opt_d,
+                          generator=nets.rng, options=options, split=split, run_meta=run_meta)
+        save_student(path, nets.gen, edit=edit, resolution=options.resolution, training_steps=step, extra=extra)
         checkpoints.append(path)
         return path
 
-    log(f"training {name!r}: {len(train_pos)} pairs ({len(val_pos)} held out), steps {start_step} -> "
+    log(f"training {name!r}: {len(train_pos)} pairs ({len(val_pos)} held out), steps {start.step} -> "
         f"{options.steps}, batch {options.batch_size}, {options.resolution} px, {device}")
     smoothed: dict[str, float] = {}
     final_held = None
     t0 = time.perf_counter()
-    for step in range(start_step + 1, options.steps + 1):
-        inp, target = sample_batch(dataset, train_pos, options.batch_size, options.resolution, options.augment, rng)
-        inp, target = inp.to(device), target.to(device)
-        pred = gen(inp)
-        losses = {}
-        adv_on = use_adv and step > options.adv_start
-        if adv_on:
-            disc.requires_grad_(True)
-            loss_d = discriminator_loss(disc(inp, target), disc(inp, pred.detach()), options.gan_loss)
-            opt_d.zero_grad(set_to_none=True)
-            loss_d.backward()
-            opt_d.step()
-            disc.requires_grad_(False)
-            losses["d"] = loss_d.item()
-        loss_l1 = l1_loss(pred, target)
-        loss_g = options.lambda_l1 * loss_l1
-        losses["l1"] = loss_l1.item()
-        if perceptual is not None and options.lambda_perceptual > 0:
-            loss_p = perceptual(pred, target)
-            loss_g = loss_g + options.lambda_perceptual * loss_p
-            losses["perceptual"] = loss_p.item()
-        if adv_on:
-            loss_adv = generator_adversarial_loss(disc(inp, pred), options.gan_loss)
-            loss_g = loss_g + options.lambda_adv * loss_adv
-            losses["g_adv"] = loss_adv.item()
-        if not math.isfinite(loss_g.item()):
-            raise FloatingPointError(f"the loss became {loss_g.item()} at step {step}: lower the learning rate")
-        opt_g.zero_grad(set_to_none=True)
-        loss_g.backward()
-        opt_g.step()
+    for step in range(start.step + 1, options.steps + 1):
+        inp, target = sample_batch(dataset, train_pos, options.batch_size, options.resolution, options.augment,
+                                   nets.rng)
+        try:
+            losses = _train_step(nets, options, inp.to(device), target.to(device), perceptual,
+                                 adversarial=nets.disc is not None and step > options.adv_start)
+        except FloatingPointError as e:
+            raise FloatingPointError(f"{e} (step {step})") from None
         for k, v in losses.items():
             smoothed[k] = v if k not in smoothed else 0.9 * smoothed[k] + 0.1 * v
         if progress is not None:
             progress(step, options.steps, dict(smoothed))
         if step == options.steps:
-            final_held = held_out_l1(gen, dataset, val_pos, device) if val_pos else None
+            final_held = held_out_l1(nets.gen, dataset, val_pos, device) if val_pos else None
             checkpoint(step, final_held)
         elif options.checkpoint_every and step % options.checkpoint_every == 0:
             checkpoint(step)
 
     final = os.path.join(output_dir, checkpoint_name(name, options.steps))
     if final_held is None and val_pos:  # resumed at the final step: nothing was trained, evaluate what is there
-        final_held = held_out_l1(gen, dataset, val_pos, device)
+        final_held = held_out_l1(nets.gen, dataset, val_pos, device)
     log(f"done in {time.perf_counter() - t0:.1f} s: {final}")
     return TrainResult(student_path=final, steps=options.steps,
                        held_out_l1=final_held[0] if final_held else None,

@@ -18,7 +18,7 @@ from ..core.caption import (
     ensure_blip,
     load_blip,
 )
-from .common import CATEGORY, create_default_folder
+from .common import CATEGORY, create_default_folder, model_patcher_for
 
 BLIP_FOLDER = "blip"  # folder_paths name: <models_dir>/blip/<model name>/ holds one Hugging Face format BLIP
 DEFAULT_BLIP_NAME = BLIP_REPO_ID.split("/")[-1]  # "blip-image-captioning-base": downloaded on first use
@@ -72,20 +72,6 @@ def resolve_blip_folder(name):
     return ensure_blip(folder, BLIP_REPO_ID if name == DEFAULT_BLIP_NAME else None)
 
 
-class BlipModule(torch.nn.Module):
-    """Holds a BLIP for ModelPatcher, which records the model's device in a `device` attribute (read-only on a
-    transformers model) and asks get_dtype()."""
-
-    def __init__(self, blip, device, dtype):
-        super().__init__()
-        self.blip = blip
-        self.device = device
-        self.dtype_ = dtype
-
-    def get_dtype(self):
-        return self.dtype_
-
-
 _cache = collections.OrderedDict()  # (folder, files' mtimes, devices, dtype) -> (ModelPatcher, BlipCaptioner)
 _cache_lock = threading.Lock()
 
@@ -112,8 +98,7 @@ def load_blip_patcher(folder):
             _cache.move_to_end(key)
             return _cache[key]
         captioner = load_blip(folder, dtype=dtype, device=offload_device)
-        patcher = comfy.model_patcher.ModelPatcher(BlipModule(captioner.model, offload_device, dtype),
-                                                   load_device=load_device, offload_device=offload_device)
+        patcher = model_patcher_for(captioner.model, dtype, load_device, offload_device)
         _cache[key] = (patcher, captioner)
         while len(_cache) > _CACHE_SIZE:
             _cache.popitem(last=False)

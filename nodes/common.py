@@ -1,6 +1,8 @@
 """Shared pieces of the pack's ComfyUI nodes."""
 import os
 
+import torch
+
 CATEGORY = "pix2pix-zero"
 
 # Key under which a LATENT from the inversion node carries its step schedule (plain Python values). Stock nodes
@@ -118,3 +120,28 @@ def discrete_model_sampling(model, what: str):
         raise refuse(f"a model predicting {names[0] if names else kind} (e.g. EDM, x0, LCM or img_to_img "
                      "sampling), not eps or v")
     return sampling
+
+
+class HostedModule(torch.nn.Module):
+    """Holds a plain torch module (BLIP, a student) for ComfyUI's ModelPatcher, which records the model's device in a
+    `device` attribute (read-only on a transformers model) and asks get_dtype(): this gives it both without touching
+    the module, which stays reachable as ``inner``."""
+
+    def __init__(self, module, dtype, device):
+        super().__init__()
+        self.inner = module
+        self.device = device
+        self.dtype_ = dtype
+
+    def get_dtype(self):
+        return self.dtype_
+
+
+def model_patcher_for(module, dtype, load_device, offload_device):
+    """A ComfyUI ModelPatcher around a plain torch module already on ``offload_device`` in ``dtype``, so ComfyUI's
+    model management loads it on the GPU when used and evicts it when memory is needed, like its own models
+    (comfy/clip_vision.py does the same)."""
+    import comfy.model_patcher
+
+    return comfy.model_patcher.ModelPatcher(HostedModule(module, dtype, offload_device), load_device=load_device,
+                                            offload_device=offload_device)

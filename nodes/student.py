@@ -36,7 +36,7 @@ from ..core.student_training import (
     train_student,
     training_report,
 )
-from .common import CATEGORY, SEED_INPUT, model_files, register_model_folder
+from .common import CATEGORY, SEED_INPUT, model_files, model_patcher_for, register_model_folder
 
 STUDENTS_FOLDER = "pix2pix_zero_students"  # student .safetensors files (train_state/ sub-folders are not listed)
 PAIRS_SUBDIR = "pix2pix_zero_pairs"  # under ComfyUI's output directory: datasets are user data, not models
@@ -51,20 +51,6 @@ def student_files():
 
 def pairs_root():
     return os.path.join(folder_paths.get_output_directory(), PAIRS_SUBDIR)
-
-
-class StudentModule(torch.nn.Module):
-    """Holds a student network for ModelPatcher (which stores the device in a `device` attribute and asks
-    get_dtype())."""
-
-    def __init__(self, net, device, dtype):
-        super().__init__()
-        self.net = net
-        self.device = device
-        self.dtype_ = dtype
-
-    def get_dtype(self):
-        return self.dtype_
 
 
 @dataclasses.dataclass
@@ -92,8 +78,7 @@ def make_student(net, metadata, name, dtype_choice="auto"):
         dtype = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype_choice]
     # channels_last: about 20% faster on CPUs and tensor-core GPUs (apply_student feeds the input in that layout)
     net = net.to(device=offload_device, dtype=dtype, memory_format=torch.channels_last)
-    patcher = comfy.model_patcher.ModelPatcher(StudentModule(net, offload_device, dtype), load_device=load_device,
-                                               offload_device=offload_device)
+    patcher = model_patcher_for(net, dtype, load_device, offload_device)
     return Student(patcher, dict(metadata), name)
 
 
@@ -106,7 +91,7 @@ def run_student(student, images):
                          "greyscale image?): convert it to RGB first")
     mm = comfy.model_management
     mm.load_models_gpu([student.patcher])
-    net = student.patcher.model.net
+    net = student.patcher.model.inner
     x = images.movedim(-1, 1)
     pbar = comfy.utils.ProgressBar(x.shape[0])
     out = []

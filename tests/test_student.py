@@ -22,7 +22,6 @@ from core.student import (
     generator_adversarial_loss,
     load_student,
     lpips_loss_if_available,
-    read_student_metadata,
     save_student,
     vae_encoder_features,
 )
@@ -105,7 +104,7 @@ def test_save_load_apply_round_trip_is_bit_exact(tmp_path):
     assert meta["edit"] == "cat -> dog" and meta["resolution"] == "256" and meta["training_steps"] == "1234"
     assert meta["architecture"] == ARCHITECTURE and meta["format"] == FILE_FORMAT and meta["format_version"] == "1"
     assert StudentConfig.from_dict(json.loads(meta["config"])) == SMALL
-    assert read_student_metadata(path) == meta
+    assert load_student(path)[1] == meta
     half, _ = load_student(path, dtype=torch.float16)
     assert next(half.parameters()).dtype == torch.float16
 

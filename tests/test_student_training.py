@@ -12,7 +12,6 @@ from core.student import (
     StudentConfig,
     apply_student,
     load_student,
-    read_student_metadata,
 )
 from core.student_data import Augment, save_pairs
 from core.student_training import (
@@ -50,7 +49,7 @@ def test_student_learns_a_known_translation(tmp_path):
     assert result.held_out_l1 < 0.04 and result.held_out_l1 < 0.25 * result.identity_l1, result
     assert [s for s, _, _ in seen] == list(range(1, 151)) and seen[-1][1] == 150
     assert {"l1", "perceptual", "d", "g_adv"} <= set(seen[-1][2])
-    meta = read_student_metadata(result.student_path)
+    meta = load_student(result.student_path)[1]
     assert meta["training_steps"] == "150" and meta["edit"] == "red -> blue" and meta["resolution"] == "32"
     assert float(meta["held_out_l1"]) == pytest.approx(result.held_out_l1, abs=1e-6)
     # the saved student is the trained one: it maps a new image to its swap
@@ -98,12 +97,12 @@ def test_an_interrupted_run_resumes_to_the_same_bits(tmp_path):
         assert all(torch.equal(wa[k], wb[k]) for k in wa), f"student weights differ at step {step}"
         sa, sb = _train_state(a), _train_state(b)
         assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa), f"train state differs at {step}"
-        assert read_student_metadata(b)["training_steps"] == str(step)
+        assert load_student(b)[1]["training_steps"] == str(step)
     assert resumed.held_out_l1 == whole.held_out_l1
     # training longer continues from the final checkpoint
     longer = train_student(data, str(tmp_path / "b"), TrainOptions(steps=10, checkpoint_every=0), name="s",
                            resume="latest")
-    assert read_student_metadata(longer.student_path)["training_steps"] == "10"
+    assert load_student(longer.student_path)[1]["training_steps"] == "10"
 
 
 def test_runs_never_overwrite(tmp_path):
@@ -140,7 +139,7 @@ def test_command_line_trains_without_comfyui_from_any_folder(tmp_path):
     assert run.returncode == 0, run.stderr
     assert "held-out L1 (1 pairs): student" in run.stdout
     final = os.path.join(out, "swap_pairs-step000003.safetensors")
-    meta = read_student_metadata(final)
+    meta = load_student(final)[1]
     assert meta["edit"] == "red -> blue" and meta["training_steps"] == "3"
     again = subprocess.run(args, cwd=str(tmp_path), capture_output=True, text=True, env=env, timeout=300,
                          check=False)
@@ -149,4 +148,4 @@ def test_command_line_trains_without_comfyui_from_any_folder(tmp_path):
                              capture_output=True, text=True, env=env, timeout=300,
                          check=False)
     assert resumed.returncode == 0, resumed.stderr
-    assert read_student_metadata(os.path.join(out, "swap_pairs-step000004.safetensors"))["training_steps"] == "4"
+    assert load_student(os.path.join(out, "swap_pairs-step000004.safetensors"))[1]["training_steps"] == "4"
