@@ -246,8 +246,9 @@ def check_blip(nodes, prompt):
 def print_node(prompt, started):
     """An ``on_message`` for comfy_host.run_prompt: print which node runs, as ComfyUI's console does."""
     def on_message(event, data):
-        if event == "executing" and data.get("node") is not None:
-            kind = prompt.get(data["node"], {}).get("class_type", "?")
+        # only the workflow's own nodes: run_prompt's capture nodes are not part of it
+        if event == "executing" and data.get("node") in prompt:
+            kind = prompt[data["node"]]["class_type"]
             print(f"[{time.monotonic() - started:7.1f} s] node {data['node']}: {kind}", flush=True)
     return on_message
 
