@@ -24,6 +24,8 @@ from typing import Any
 
 import torch
 
+from .net import offline_reason, unreachable_reason
+
 __all__ = [
     "BLIP_REPO_ID",
     "DEFAULT_PREFIX",
@@ -106,41 +108,6 @@ def _missing_message(folder: str, missing: Sequence[str], reason: str, repo_id: 
     )
 
 
-def _hf_offline() -> bool:
-    """HF_HUB_OFFLINE (or TRANSFORMERS_OFFLINE) is set, read now rather than at huggingface_hub's import."""
-    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
-        if os.environ.get(var, "").strip().upper() in ("1", "ON", "YES", "TRUE"):
-            return True
-    return False
-
-
-def _hub_unreachable(timeout: float = 3.0) -> str | None:
-    """None when the Hugging Face endpoint (HF_ENDPOINT) accepts a TCP connection within `timeout` seconds, else
-    why not. Without network huggingface_hub retries for about 25 s before failing; this answers in 3 s at most.
-    The lookup runs in a daemon thread: getaddrinfo has no timeout of its own."""
-    import socket
-    import threading
-    import urllib.parse
-
-    parts = urllib.parse.urlsplit(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
-    host, port = parts.hostname or "huggingface.co", parts.port or (443 if parts.scheme == "https" else 80)
-    result = {}
-
-    def connect():
-        try:
-            socket.create_connection((host, port), timeout=timeout).close()
-            result["ok"] = True
-        except OSError as e:
-            result["error"] = f"{type(e).__name__}: {e}"
-
-    thread = threading.Thread(target=connect, daemon=True)
-    thread.start()
-    thread.join(timeout)
-    if result.get("ok"):
-        return None
-    return f"no network: cannot reach {host}:{port} ({result.get('error', f'no answer within {timeout:.0f} s')})"
-
-
 def download_blip(folder: str, repo_id: str = BLIP_REPO_ID) -> str:
     """Download the BLIP repository `repo_id` into `folder` (which must not exist, or be empty) and return it.
 
@@ -149,10 +116,12 @@ def download_blip(folder: str, repo_id: str = BLIP_REPO_ID) -> str:
     raises BlipModelMissingError naming the folder and the files to put there.
     """
     folder = os.path.abspath(folder)
-    if _hf_offline():
+    offline = offline_reason()
+    if offline:
         raise BlipModelMissingError(_missing_message(
-            folder, missing_blip_files(folder), "HF_HUB_OFFLINE is set, so it was not downloaded", repo_id))
-    unreachable = _hub_unreachable()
+            folder, missing_blip_files(folder), f"{offline}, so it was not downloaded", repo_id))
+    # Without network huggingface_hub retries for about 25 s before failing; this answers in 3 s at most.
+    unreachable = unreachable_reason(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
     if unreachable:
         raise BlipModelMissingError(_missing_message(
             folder, missing_blip_files(folder), f"{unreachable}, so it was not downloaded", repo_id))

@@ -178,7 +178,7 @@ def _fake_hub(monkeypatch, source_dir, fail_after_first=False):
     monkeypatch.setattr(huggingface_hub, "list_repo_files", list_repo_files)
     monkeypatch.setattr(huggingface_hub, "snapshot_download", snapshot_download)
     import core.caption
-    monkeypatch.setattr(core.caption, "_hub_unreachable", lambda *a, **k: None)  # the fake hub is "reachable"
+    monkeypatch.setattr(core.caption, "unreachable_reason", lambda *a, **k: None)  # the fake hub is "reachable"
     return calls
 
 
