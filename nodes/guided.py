@@ -3,7 +3,7 @@
 The loop is core.guidance's; this module connects it to ComfyUI's sampling machinery on a CLONE of the MODEL:
 - attn2 replace patches (every cross-attention layer, found by walking the diffusion model) compute the attention
   probabilities explicitly while maps are wanted and hand them to the run's AttentionMaps, split by ComfyUI's
-  branch flags (`cond_or_uncond`); otherwise they call ComfyUI's optimized attention. Self-attention is untouched;
+  branch flags (`cond_or_uncond`); otherwise they call ComfyUI's optimized attention with the transformer options;
 - a model_function_wrapper lets one batched model call evaluate each CFG branch at its own latent (the references'
   two guided copies), again by branch flags;
 - attn1 replace patches (where no other pack has one) run self-attention with ComfyUI's PyTorch (SDPA) attention
@@ -15,6 +15,7 @@ The loop is core.guidance's; this module connects it to ComfyUI's sampling machi
 - a CFGGuider holding the conds "positive", "negative" and "edited" (so ComfyUI preprocesses all three) runs a
   custom KSAMPLER whose loop is core.guidance.guided_edit, evaluating conds with comfy.samplers.calc_cond_batch.
 """
+import functools
 import inspect
 import logging
 
@@ -97,6 +98,7 @@ def backend_name(func):
     return None
 
 
+@functools.lru_cache(maxsize=64)  # asked at every attention call: inspect once per function
 def _accepts_transformer_options(func):
     # 0.3.64 and 0.8.0's attention functions take **kwargs (and honour the override through wrap_attn); a function
     # installed by someone else may not take the keyword at all.
