@@ -3,14 +3,20 @@
 The loop is core.guidance's; this module connects it to ComfyUI's sampling machinery on a CLONE of the MODEL:
 - attn2 replace patches (every cross-attention layer, found by walking the diffusion model) compute the attention
   probabilities explicitly while maps are wanted and hand them to the run's AttentionMaps, split by ComfyUI's
-  branch flags (`cond_or_uncond`); otherwise they call ComfyUI's optimized attention. Self-attention is untouched;
+  branch flags (`cond_or_uncond`); otherwise they call ComfyUI's optimized attention with the transformer options;
 - a model_function_wrapper lets one batched model call evaluate each CFG branch at its own latent (the references'
   two guided copies), again by branch flags;
-- identity weight wrappers make comfy.ops copy each weight per forward: ComfyUI loads weights as inference tensors,
-  which autograd cannot save; the copies are normal tensors, and the shared model is never touched;
+- attn1 replace patches (where no other pack has one) run self-attention with ComfyUI's PyTorch (SDPA) attention
+  in the gradient pass, whatever backend or `optimized_attention_override` the host uses (sage, flash and xformers
+  have no autograd backward); the no-grad passes keep the host's attention, override included;
+- the gradient pass runs with the weights swapped for normal-tensor aliases of themselves
+  (core.inference_weights): ComfyUI loads weights as inference tensors, which autograd cannot save. No weight is
+  copied, no weight patch is added (the clone keeps the MODEL's patch uuid: no re-patching, LoRAs included);
 - a CFGGuider holding the conds "positive", "negative" and "edited" (so ComfyUI preprocesses all three) runs a
   custom KSAMPLER whose loop is core.guidance.guided_edit, evaluating conds with comfy.samplers.calc_cond_batch.
 """
+import functools
+import inspect
 import logging
 
 import comfy.ldm.modules.attention as comfy_attention
@@ -21,6 +27,7 @@ import latent_preview
 import torch
 
 from ..core.attention import AttentionMaps, explicit_attention
+from ..core.inference_weights import normal_tensor_weights
 from ..core.guidance import CAPTION, EDITED, GUIDANCE_MODES, NEGATIVE, generation_sigmas, guided_edit
 from ..core.inversion import check_latent
 from ..core.schedule import restore_schedule
@@ -40,6 +47,7 @@ class _Run:
         self.maps = AttentionMaps()
         self.branch_of_flag = {}  # index in the conds list given to calc_cond_batch -> branch name
         self.inputs = None  # {flag: latent} when the branches of one call have different latents
+        self.module = None  # the torch module whose weights the gradient pass aliases (the clone's BaseModel)
 
     def __deepcopy__(self, memo):
         return self
@@ -66,7 +74,66 @@ class _Attn2Maps:
                 return out
         if self.previous is not None:  # another pack's replace on this layer keeps producing the output
             return self.previous(q, k, v, extra_options)
-        return comfy_attention.optimized_attention(q, k, v, heads, attn_precision=precision)
+        if torch.is_grad_enabled():  # not reached by the guided loop (maps are wanted there); kept safe anyway
+            return _gradient_attention(q, k, v, extra_options)
+        return _host_attention(comfy_attention.optimized_attention, q, k, v, extra_options)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Self-attention on the guided run's clone.
+# Backends with an autograd backward. sage, flash (a custom op registered without a backward) and xformers as
+# ComfyUI calls it have none, and an optimized_attention_override is an arbitrary function: the gradient pass
+# through them fails or silently loses the attention terms of the gradient.
+AUTOGRAD_BACKENDS = ("attention_pytorch", "attention_basic", "attention_sub_quad", "attention_split")
+# Autograd-capable but slow (CPU default): SDPA gives the same attention with a backward about twice as fast.
+SLOW_BACKENDS = ("attention_sub_quad", "attention_split")
+OVERRIDE_KEY = "optimized_attention_override"
+
+
+def backend_name(func):
+    """The name of the ComfyUI attention function `func` is (e.g. "attention_sage"), or None for another one."""
+    for name in dir(comfy_attention):
+        if name.startswith("attention") and getattr(comfy_attention, name) is func:
+            return name
+    return None
+
+
+@functools.lru_cache(maxsize=64)  # asked at every attention call: inspect once per function
+def _accepts_transformer_options(func):
+    # 0.3.64 and 0.8.0's attention functions take **kwargs (and honour the override through wrap_attn); a function
+    # installed by someone else may not take the keyword at all.
+    try:
+        params = inspect.signature(func).parameters.values()
+    except (TypeError, ValueError):
+        return False
+    return any(p.name == "transformer_options" or p.kind is p.VAR_KEYWORD for p in params)
+
+
+def _host_attention(func, q, k, v, extra_options):
+    """func(q, k, v) as ComfyUI's CrossAttention calls it: with the transformer options, so that wrap_attn honours
+    an optimized_attention_override (extra_options is transformer_options without the patch tables)."""
+    kwargs = {"attn_precision": extra_options.get("attn_precision")}
+    if _accepts_transformer_options(func):
+        kwargs["transformer_options"] = extra_options
+    return func(q, k, v, extra_options["n_heads"], **kwargs)
+
+
+def _gradient_attention(q, k, v, extra_options):
+    """Attention for the gradient pass: ComfyUI's attention_pytorch (SDPA, whose backward is PyTorch's), with the
+    transformer options minus any override (an arbitrary function cannot be vouched for in a backward pass)."""
+    options = {key: value for key, value in extra_options.items() if key != OVERRIDE_KEY}
+    return _host_attention(comfy_attention.attention_pytorch, q, k, v, options)
+
+
+def _self_attention(q, k, v, extra_options):
+    """attn1 replace on the guided run's clone: PyTorch attention in the gradient pass, the host's attention (or
+    SDPA instead of slow sub-quadratic/split attention) in the no-grad passes, override honoured there."""
+    if torch.is_grad_enabled():
+        return _gradient_attention(q, k, v, extra_options)
+    func = comfy_attention.optimized_attention
+    if any(func is getattr(comfy_attention, name, None) for name in SLOW_BACKENDS):
+        func = comfy_attention.attention_pytorch
+    return _host_attention(func, q, k, v, extra_options)
 
 
 class _BranchInputs:
@@ -83,15 +150,17 @@ class _BranchInputs:
         inputs = self.run.inputs
         if inputs is not None:
             args = dict(args, input=torch.cat([inputs[f] for f in args["cond_or_uncond"]]))
+        if torch.is_grad_enabled() and self.run.module is not None:
+            # The gradient pass: autograd must save weights, which ComfyUI loaded as inference tensors. Aliases of
+            # them (no copy) stand in for this call only; the no-grad passes use the weights as they are.
+            with normal_tensor_weights(self.run.module):
+                return self._call(apply_model, args)
+        return self._call(apply_model, args)
+
+    def _call(self, apply_model, args):
         if self.previous is not None:
             return self.previous(apply_model, args)
         return apply_model(args["input"], args["timestep"], **args["c"])
-
-
-def _normal_tensor(weight):
-    """Identity weight wrapper. Its mere presence makes comfy.ops cast each weight with a copy at every forward;
-    inside torch.inference_mode(False) that copy is a normal tensor that autograd may save for the backward."""
-    return weight
 
 
 def attn2_layers(diffusion_model):
@@ -112,11 +181,6 @@ def attn2_layers(diffusion_model):
     return layers
 
 
-def _sdpa_self_attention(q, k, v, extra_options):
-    return comfy_attention.attention_pytorch(q, k, v, extra_options["n_heads"],
-                                             attn_precision=extra_options.get("attn_precision"))
-
-
 def patched_model(model, run):
     """A clone of `model` with the guidance patches; `model` itself is not modified."""
     layers = attn2_layers(model.model.diffusion_model)
@@ -124,24 +188,24 @@ def patched_model(model, run):
         raise ValueError("this model has no cross-attention (attn2) layers in a UNet: pix2pix-zero needs an SD 1.x, "
                          "SD 2.x or SDXL model")
     clone = model.clone()
-    existing = clone.model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn2", {})
+    transformer_options = clone.model_options.get("transformer_options", {})
+    existing = transformer_options.get("patches_replace", {}).get("attn2", {})
     for key in layers:
         previous = existing.get(key, existing.get(key[:2]))
         clone.set_model_attn2_replace(_Attn2Maps(run, key, previous), *key)
-    # The guided step backpropagates through every self-attention layer. ComfyUI's CPU default (sub-quadratic
-    # attention) is slow in backward; PyTorch's fused SDPA (ComfyUI's own attention_pytorch, the NVIDIA default)
-    # gives the same attention about twice as fast there. Only on this clone, and never over another pack's patch.
-    if comfy_attention.optimized_attention in (comfy_attention.attention_sub_quad, comfy_attention.attention_split):
-        existing1 = clone.model_options.get("transformer_options", {}).get("patches_replace", {}).get("attn1", {})
-        for key in layers:
-            if key not in existing1 and key[:2] not in existing1:
-                clone.set_model_attn1_replace(_sdpa_self_attention, *key)
+    # The guided step backpropagates through every self-attention layer (see _self_attention). Only on this clone,
+    # and never over another pack's attn1 patch (its attention is then what the gradient goes through).
+    existing1 = transformer_options.get("patches_replace", {}).get("attn1", {})
+    for key in layers:
+        if key not in existing1 and key[:2] not in existing1:
+            clone.set_model_attn1_replace(_self_attention, *key)
+    backend = backend_name(comfy_attention.optimized_attention)
+    if backend not in AUTOGRAD_BACKENDS or OVERRIDE_KEY in transformer_options:
+        logging.info("pix2pix-zero Guided Edit: the gradient pass uses PyTorch attention (attention backend %s%s has "
+                     "no usable backward)", backend or comfy_attention.optimized_attention,
+                     " with an optimized_attention_override" if OVERRIDE_KEY in transformer_options else "")
     clone.set_model_unet_function_wrapper(_BranchInputs(run, clone.model_options.get("model_function_wrapper")))
-    for name, module in clone.model.named_modules():
-        if hasattr(module, "weight_function") and name.startswith("diffusion_model."):
-            for param in ("weight", "bias"):
-                if getattr(module, param, None) is not None:
-                    clone.add_weight_wrapper(f"{name}.{param}", _normal_tensor)
+    run.module = clone.model
     return clone
 
 
