@@ -14,7 +14,7 @@ import torch
 
 from .regularization import ShiftSampler, regularize_noise
 from .schedule import InversionSchedule
-from .sigma_space import ddim_step, from_ddim, predict_noise
+from .sigma_space import V_CONVERSION_LEVEL, V_CONVERSIONS, ddim_step, from_ddim, predict_noise
 
 __all__ = ["Denoiser", "check_latent", "predict_noise", "invert_latent"]
 
@@ -53,6 +53,8 @@ def invert_latent(
     generator: Optional[torch.Generator] = None,
     shift_sampler: Optional[ShiftSampler] = None,
     callback: Optional[StepCallback] = None,
+    v_prediction: bool = False,
+    v_conversion: str = V_CONVERSION_LEVEL,
 ) -> torch.Tensor:
     """Invert a clean latent to the noise level schedule.levels[-1] and return that noisy latent.
 
@@ -63,6 +65,8 @@ def invert_latent(
     The references treat the clean latent as the DDIM sample x_t at level levels[0] (alpha_bar[0] in diffusers), so
     it enters sigma space as latent * sqrt(1 + levels[0]^2) (a factor 1.0004 for the default schedule).
     callback(step, x, eps) runs after every step.
+    v_prediction / v_conversion: for a v-prediction model, the level its output becomes noise at ("eval", the
+    default, or "source" as diffusers' DDIMInverseScheduler; core.sigma_space.V_CONVERSION_LEVEL says why).
     """
     check_latent(latent)
     for name, value in (("num_reg_steps", num_reg_steps), ("num_ac_rolls", num_ac_rolls)):
@@ -70,6 +74,8 @@ def invert_latent(
             raise ValueError(f"{name} must be a whole number >= 0, got {value!r}")
     if lambda_ac < 0 or lambda_kl < 0:
         raise ValueError(f"regularization strengths must be >= 0, got lambda_ac={lambda_ac}, lambda_kl={lambda_kl}")
+    if v_conversion not in V_CONVERSIONS:
+        raise ValueError(f"v_conversion must be one of {V_CONVERSIONS}, got {v_conversion!r}")
     if num_ac_rolls == 0:
         lambda_ac = 0.0
     levels = [float(s) for s in schedule.levels]
@@ -78,7 +84,8 @@ def invert_latent(
     x = from_ddim(latent, levels[0])
     for step, sigma_eval in enumerate(eval_sigmas):
         sigma_from, sigma_to = levels[step], levels[step + 1]
-        eps = predict_noise(denoise, x, sigma_from, sigma_eval)
+        eps = predict_noise(denoise, x, sigma_from, sigma_eval, v_prediction=v_prediction,
+                            v_conversion=v_conversion)
         eps = regularize_noise(
             eps,
             lambda_ac=lambda_ac,

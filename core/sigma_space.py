@@ -21,6 +21,7 @@ from typing import Callable
 import torch
 
 __all__ = [
+    "V_CONVERSIONS",
     "V_CONVERSION_LEVEL",
     "ddim_scale",
     "ddim_step",
@@ -37,17 +38,17 @@ __all__ = [
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 # Which level a v-prediction output is turned into noise at when the UNet is asked at a timestep other than the
-# latent's level (inversion does: the latent at level s, the UNet at the timestep t of the next level).
-# "eval": eps = sqrt(alpha_bar_t) v + sqrt(1 - alpha_bar_t) x_t, i.e. at the timestep the model was asked at. This is
-#   exactly the noise the model itself predicts (the model takes its input to be at level t: x0_hat and eps_hat with
-#   x_t = sqrt(alpha_bar_t) x0_hat + sqrt(1 - alpha_bar_t) eps_hat, and then this identity is exact), so a v model
-#   makes the same DDIM-inversion approximation eps(x_s, t) as an eps model trained on the same data.
-# diffusers' DDIMInverseScheduler uses the source level s instead (alpha_bar of `timestep - ratio`), which mixes
-#   the model's level-t output with level-s coefficients: eps_source = a_s / a_t (eps_eval - b_t x_t) + b_s x_t
-#   (a = sqrt(alpha_bar), b = sqrt(1 - alpha_bar)). The two differ by (a_s - a_t) v + (b_s - b_t) x_t per step:
-#   for 50 steps on SD's schedule |a_s - a_t| + |b_s - b_t| reaches 0.11 (the first steps, where b moves fastest),
-#   so this is a real difference from diffusers for v models, not rounding. For eps models both are the same.
-#   Sampling (the guided edit) asks the model at the latent's own level, where the two agree.
+# latent's level (inversion does: the latent at level s, the UNet at the timestep t of the next level). This is the
+# `v_conversion` argument of predict_noise / invert_latent; V_CONVERSION_LEVEL is its default.
+# "eval": eps = a_t v + b_t x_t (a = sqrt(alpha_bar), b = sqrt(1 - alpha_bar)), at the timestep the model was asked
+#   at: the noise the model itself predicts when it takes its input to be at level t, i.e. the same DDIM-inversion
+#   approximation an eps model trained on the same data makes.
+# "source": eps = a_s v + b_s x_t, diffusers' DDIMInverseScheduler (alpha_bar of `timestep - ratio`): the model's
+#   level-t output with level-s coefficients. The two differ by (a_s - a_t) v + (b_s - b_t) x_t per step.
+# For eps models there is nothing to convert and both are the same; sampling (the guided edit) asks the model at the
+# latent's own level, where both agree. tests/test_v_prediction.py measures the difference against diffusers and
+# which one reconstructs better (README, "How this differs").
+V_CONVERSIONS = ("eval", "source")
 V_CONVERSION_LEVEL = "eval"
 
 
@@ -100,15 +101,35 @@ def start_noise(noise: torch.Tensor, sigma_T: float) -> torch.Tensor:
     return from_ddim(noise, sigma_T)
 
 
-def predict_noise(denoise: Denoiser, x: torch.Tensor, sigma_from: float, sigma_eval: float) -> torch.Tensor:
+def predict_noise(
+    denoise: Denoiser,
+    x: torch.Tensor,
+    sigma_from: float,
+    sigma_eval: float,
+    *,
+    v_prediction: bool = False,
+    v_conversion: str = V_CONVERSION_LEVEL,
+) -> torch.Tensor:
     """The model's noise for x (at level sigma_from), asked at the timestep of sigma_eval.
 
     The references give the UNet the latent of the current level together with another level's timestep. A
     denoiser ties input scaling and timestep to one sigma, so x is restated at sigma_eval: the denoiser's own
     scaling x / sqrt(1 + sigma_eval^2) then gives the UNet exactly the DDIM sample x_t of level sigma_from. The
-    noise is read from the denoiser at sigma_eval: for v-prediction models that is the conversion at the evaluated
-    timestep (V_CONVERSION_LEVEL, see there for why, and how diffusers differs).
+    noise read from the denoiser at sigma_eval is the conversion at the evaluated timestep ("eval"). For a
+    v-prediction model (v_prediction=True) v_conversion="source" re-converts the model's v with the coefficients of
+    sigma_from instead, as diffusers' DDIMInverseScheduler does (see V_CONVERSION_LEVEL); for eps models, or when
+    both levels are the same, there is nothing to re-convert.
     """
+    if v_conversion not in V_CONVERSIONS:
+        raise ValueError(f"v_conversion must be one of {V_CONVERSIONS}, got {v_conversion!r}")
     x_in = restate(x, sigma_from, sigma_eval)
     sigma = x.new_full((x.shape[0],), float(sigma_eval))
-    return eps_from_denoised(x_in, denoise(x_in, sigma), sigma_eval)
+    eps = eps_from_denoised(x_in, denoise(x_in, sigma), sigma_eval)
+    if not v_prediction or v_conversion == "eval" or float(sigma_from) == float(sigma_eval):
+        return eps
+    # a = 1 / sqrt(1 + sigma^2), b = sigma / sqrt(1 + sigma^2); the UNet saw x_t = x / sqrt(1 + sigma_from^2).
+    # The model's v from its level-t noise, v = (eps - b_t x_t) / a_t, then eps_s = a_s v + b_s x_t.
+    c_eval, c_from = ddim_scale(sigma_eval), ddim_scale(sigma_from)
+    x_t = to_ddim(x, sigma_from)
+    v = (eps - (float(sigma_eval) / c_eval) * x_t) * c_eval
+    return v / c_from + (float(sigma_from) / c_from) * x_t
