@@ -107,3 +107,105 @@ def test_flow_record_and_authors_schedule_give_clear_errors(comfy, flow):
     from core.schedule import InversionSchedule
     with pytest.raises(ValueError, match="flow-matching model.*not available yet"):
         InversionSchedule.from_dict(inverted["p2pz_inversion"])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Directions in the MMDiT text spaces
+
+
+@pytest.fixture(scope="module")
+def clips(comfy, pack_nodes):
+    """Tiny CLIPs with ComfyUI's real SD 3.x (with and without T5) and Flux targets, built once (the SD 3.x T5 must
+    be 4096 wide: its embedding table is the slow part)."""
+    return {"sd3": tiny_models.tiny_mmdit_clip("sd3", seed=3), "flux": tiny_models.tiny_mmdit_clip("flux", seed=4),
+            "sd3-no-t5": tiny_models.tiny_mmdit_clip("sd3", seed=3, t5=False)}
+
+
+SENTENCES = {"cat": ["a photo of a cat", "a cat on a sofa", "my cat sleeps in the sun"],
+             "dog": ["a photo of a dog", "a dog in the park"]}
+
+
+def _build_custom(comfy, clip):
+    return comfy.call_node("P2PZ_BuildDirection", clip=clip, source="cat", target="dog", sentence_source="custom",
+                           count=10, seed=0, source_sentences="\n".join(SENTENCES["cat"]),
+                           target_sentences="\n".join(SENTENCES["dog"]))[0]
+
+
+def _stock_mean(comfy, clip, sentences):
+    """The mean of stock CLIPTextEncode conditionings (sequence and pooled), one sentence at a time."""
+    conds = [comfy.call_node("CLIPTextEncode", clip=clip, text=s)[0][0] for s in sentences]
+    seq = torch.cat([c[0] for c in conds]).double().mean(0, keepdim=True)
+    pooled = torch.cat([c[1]["pooled_output"] for c in conds]).double().mean(0, keepdim=True)
+    return seq, pooled
+
+
+@pytest.mark.parametrize("family,tokens,width,segments", [("sd3", 154, 4096, (77, 77)), ("flux", 256, 64, (256,)),
+                                                          ("sd3-no-t5", 77, 4096, (77,))])
+def test_direction_is_the_mean_difference_of_stock_encodings(comfy, clips, family, tokens, width, segments):
+    """Built in batches through the graph's CLIP, the direction equals the difference of the means of stock
+    CLIPTextEncode conditionings, token by token in the conditioning's own layout (SD 3.x: 77 CLIP-L+G tokens then
+    77 T5 tokens; Flux: 256 T5 tokens) and for the pooled vector (SD 3.x: CLIP-L + CLIP-G; Flux: CLIP-L)."""
+    clip = clips[family]
+    d = _build_custom(comfy, clip)
+    assert d.embedding.shape == (1, tokens, width) and d.segments == segments
+    assert d.family == family.split("-")[0]
+    (sc, sp), (tc, tp) = _stock_mean(comfy, clip, SENTENCES["cat"]), _stock_mean(comfy, clip, SENTENCES["dog"])
+    assert d.pooled is not None and d.pooled.shape == tp.shape
+    torch.testing.assert_close(d.embedding.double(), tc - sc, atol=1e-5, rtol=0)
+    torch.testing.assert_close(d.pooled.double(), tp - sp, atol=1e-5, rtol=0)
+
+    caption = comfy.call_node("CLIPTextEncode", clip=clip, text="a cat sitting on a sofa")[0]
+    edited = comfy.call_node("P2PZ_ApplyDirection", conditioning=caption, direction=d, multiplier=0.5)[0]
+    torch.testing.assert_close(edited[0][0], caption[0][0] + 0.5 * d.embedding, atol=1e-6, rtol=0)
+    torch.testing.assert_close(edited[0][1]["pooled_output"], caption[0][1]["pooled_output"] + 0.5 * d.pooled,
+                               atol=1e-6, rtol=0)
+
+
+def test_saved_direction_keeps_its_kind_and_layout(comfy, clips, tmp_path):
+    from core.direction import load_direction, save_direction
+    from safetensors import safe_open
+
+    for family in ("sd3", "flux"):
+        d = _build_custom(comfy, clips[family])
+        path = save_direction(tmp_path / f"{family}.safetensors", d)
+        with safe_open(path, framework="pt") as f:
+            meta = f.metadata()
+        assert meta["family"] == family and meta["encoder_kind"].startswith("SD 3.x" if family == "sd3" else "Flux")
+        back = load_direction(path)
+        assert (back.family, back.segments) == (d.family, d.segments)
+        assert torch.equal(back.embedding, d.embedding) and torch.equal(back.pooled, d.pooled)
+        caption = comfy.call_node("CLIPTextEncode", clip=clips[family], text="a cat")[0]
+        a = comfy.call_node("P2PZ_ApplyDirection", conditioning=caption, direction=d, multiplier=1.0)[0]
+        b = comfy.call_node("P2PZ_ApplyDirection", conditioning=caption, direction=back, multiplier=1.0)[0]
+        assert torch.equal(a[0][0], b[0][0])
+
+
+def test_direction_of_another_kind_or_width_is_refused(comfy, clips):
+    sd3, flux = _build_custom(comfy, clips["sd3"]), _build_custom(comfy, clips["flux"])
+
+    def apply(text_clip, direction):
+        caption = comfy.call_node("CLIPTextEncode", clip=clips[text_clip], text="a cat")[0]
+        return comfy.call_node("P2PZ_ApplyDirection", conditioning=caption, direction=direction, multiplier=1.0)
+
+    with pytest.raises(ValueError, match=r"4096 wide \(built with .*SD 3.x.*\) but this conditioning is 64 wide"):
+        apply("flux", sd3)
+    with pytest.raises(ValueError, match=r"64 wide \(built with .*Flux.*\) but this conditioning is 4096 wide"):
+        apply("sd3", flux)
+    # same widths, another layout: SD 3.x without T5 encodes 77 tokens, the direction has 77 CLIP + 77 T5
+    with pytest.raises(ValueError, match=r"77 tokens but the edit direction .* has 154 \(77 \+ 77 per sentence"):
+        apply("sd3-no-t5", sd3)
+    # a caption longer than T5's padding is a longer sequence, not another chunk
+    long_caption = comfy.call_node("CLIPTextEncode", clip=clips["flux"], text=" ".join(["a small cat"] * 120))[0]
+    with pytest.raises(ValueError, match="Shorten the caption"):
+        comfy.call_node("P2PZ_ApplyDirection", conditioning=long_caption, direction=flux, multiplier=1.0)
+
+
+def test_full_size_sd3_and_flux_conditionings_are_told_apart():
+    """SD 3.x and Flux conditionings are both 4096 wide; the pooled width (2048 vs 768) tells them apart."""
+    from core.direction import EditDirection, check_conditioning
+
+    d = EditDirection(embedding=torch.zeros(1, 154, 4096), pooled=torch.zeros(1, 2048), source="cat", target="dog",
+                      family="sd3", segments=(77, 77))
+    check_conditioning(d, 4096, 2048)
+    with pytest.raises(ValueError, match=r"SD 3.x .*pooled 2048.* \(from Flux .*pooled 768\)"):
+        check_conditioning(d, 4096, 768)
