@@ -107,6 +107,8 @@ def test_flow_record_and_authors_schedule_give_clear_errors(comfy, flow):
     from core.schedule import InversionSchedule
     with pytest.raises(ValueError, match="flow-matching model.*not available yet"):
         InversionSchedule.from_dict(inverted["p2pz_inversion"])
+    with pytest.raises(ValueError, match=r"flow-matching model \(CONST.*Invert Latent .* work already"):
+        comfy.call_node("P2PZ_NoiseLatent", model=model, width=64, height=64, batch_size=1, steps=4, seed=0)
 
 
 # ---------------------------------------------------------------------------------------------------------------
