@@ -71,6 +71,9 @@ def _run_inversion(model, conditioning, samples, sampler, sigmas, steps, seed):
     )
 
 
+FLOW_SCHEDULER = "simple"
+
+
 class InvertLatent:
     DESCRIPTION = (
         "pix2pix-zero's regularized DDIM inversion: turns an image latent into the noise that regenerates it, "
@@ -103,16 +106,12 @@ class InvertLatent:
                 "reg_steps": ("INT", {"default": 5, "min": 0, "max": 50, "tooltip": "Regularization iterations per inversion step (5). 0 gives plain DDIM inversion."}),
                 "ac_rolls": ("INT", {"default": 5, "min": 0, "max": 50, "tooltip": "Auto-correlation gradient steps (each with fresh random shifts) per iteration (5)."}),
                 "seed": SEED_INPUT,
-            },
-            "optional": {
-                "flow_scheduler": (comfy.samplers.SCHEDULER_NAMES, {"default": "simple", "tooltip": "Flow-matching models (SD 3.x, Flux) only: the ComfyUI scheduler whose sigmas the inversion climbs (its top, pure noise, left out). Regenerate with the regeneration_sigmas output."}),
-            },
+            }
         }
 
-    def invert(self, model, conditioning, latent, steps, schedule, lambda_ac, lambda_kl, reg_steps, ac_rolls, seed,
-               flow_scheduler="simple"):
+    def invert(self, model, conditioning, latent, steps, schedule, lambda_ac, lambda_kl, reg_steps, ac_rolls, seed):
         if is_flow_model(model):
-            return self._invert_flow(model, conditioning, latent, steps, schedule, flow_scheduler, seed,
+            return self._invert_flow(model, conditioning, latent, steps, schedule, seed,
                                      dict(lambda_ac=lambda_ac, lambda_kl=lambda_kl, num_reg_steps=reg_steps,
                                           num_ac_rolls=ac_rolls))
         model_sampling = discrete_model_sampling(model, "inversion")
@@ -131,28 +130,27 @@ class InvertLatent:
         out[INVERSION_KEY] = dict(inv_schedule.to_dict(), shape=list(samples.shape), seed=seed)
         return (out, inv_schedule.regeneration_sigmas())
 
-    def _invert_flow(self, model, conditioning, latent, steps, schedule, flow_scheduler, seed, reg):
+    def _invert_flow(self, model, conditioning, latent, steps, schedule, seed, reg):
         """SD 3.x / Flux: the regularized inverse Euler ODE along the model's own schedule (core.flow_space)."""
         model_sampling = flow_model_sampling(model, "inversion")
         if schedule != "diffusers":
             raise ValueError(f"the {schedule!r} schedule is DDIM's (SD 1.x/2.x/SDXL); this is a flow-matching model, "
-                             "which inverts along ComfyUI's flow_scheduler: set schedule to 'diffusers'")
-        if flow_scheduler not in comfy.samplers.SCHEDULER_NAMES:
-            raise ValueError(f"unknown flow_scheduler {flow_scheduler!r}; choose one of "
-                             f"{', '.join(comfy.samplers.SCHEDULER_NAMES)}")
+                             "which inverts along ComfyUI's 'simple' sigmas of the model: set schedule to 'diffusers'")
         samples = latent["samples"]
         channels = model.get_model_object("latent_format").latent_channels
         check_latent(samples, channels=channels, what="latent to invert")
         check_conditioning_batch(conditioning, samples.shape[0], "caption conditioning")
-        # The scheduler's steps + 1 levels with pure noise (sigma 1, where no LATENT exists) dropped: `steps` steps
-        # of the model's own schedule (its shift included: ModelSamplingSD3/ModelSamplingFlux patches apply).
-        levels = flow_levels(comfy.samplers.calculate_sigmas(model_sampling, flow_scheduler, steps + 1), steps)
+        # ComfyUI's "simple" scheduler (the one SD 3.x and Flux workflows use) for steps + 1 steps, with pure noise
+        # (sigma 1, where no LATENT exists) dropped: `steps` steps of the model's own schedule, its shift included
+        # (ModelSamplingSD3/ModelSamplingFlux patches apply). Not a widget yet: a new widget would shift the
+        # widgets_values of every saved workflow using this node.
+        levels = flow_levels(comfy.samplers.calculate_sigmas(model_sampling, FLOW_SCHEDULER, steps + 1), steps)
         generator = torch.Generator(device="cpu").manual_seed(seed)
         inverted = _run_inversion(model, conditioning, samples,
                                   _flow_inversion_sampler(levels, generator, reg), levels, steps, seed)
         out = latent.copy()
         out["samples"] = inverted.to(comfy.model_management.intermediate_device())
-        out[INVERSION_KEY] = {"kind": FLOW_KIND, "scheduler": flow_scheduler, "steps": steps,
+        out[INVERSION_KEY] = {"kind": FLOW_KIND, "scheduler": FLOW_SCHEDULER, "steps": steps,
                               "levels": [float(s) for s in levels], "shape": list(samples.shape), "seed": seed}
         return (out, regeneration_sigmas(levels))
 
