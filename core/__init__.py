@@ -6,7 +6,8 @@ be imported by a command in milliseconds, before torch.
 import importlib
 
 _EXPORTS = {
-    "check_latent": ".inversion", "invert_latent": ".inversion", "predict_noise": ".inversion",
+    "check_latent": ".inversion", "invert_flow_latent": ".inversion", "invert_latent": ".inversion",
+    "predict_noise": ".inversion",
     "auto_corr_loss": ".regularization", "draw_shifts": ".regularization", "kl_divergence": ".regularization",
     "pyramid_sizes": ".regularization", "regularize_noise": ".regularization",
     "SCHEDULES": ".schedule", "InversionSchedule": ".schedule", "inversion_schedule": ".schedule",

@@ -27,10 +27,13 @@ from .files import atomic_write
 
 __all__ = [
     "DIRECTION_FORMAT",
+    "FAMILIES",
     "EditDirection",
     "apply_direction",
     "apply_pooled_direction",
     "build_direction",
+    "check_conditioning",
+    "conditioning_kind",
     "direction_from_word_embeddings",
     "encoder_fingerprint",
     "encoder_kind",
@@ -44,7 +47,23 @@ DIRECTION_FORMAT = "pix2pix-zero edit direction"
 FORMAT_VERSION = "1"
 
 # Width of the per-token text embedding -> what usually produces it. Only a label: the width check is what protects.
-_KNOWN_WIDTHS = {768: "SD 1.x (CLIP-L)", 1024: "SD 2.x (OpenCLIP-H)", 2048: "SDXL (CLIP-L + OpenCLIP-bigG)"}
+_KNOWN_WIDTHS = {768: "SD 1.x (CLIP-L)", 1024: "SD 2.x (OpenCLIP-H)", 2048: "SDXL (CLIP-L + OpenCLIP-bigG)",
+                 4096: "SD 3.x or Flux (T5-XXL width)"}
+
+# Text-encoder families a direction records (``EditDirection.family``) and what their conditioning holds. MMDiT
+# conditionings (SD 3.x, Flux) put T5 tokens on the sequence: SD 3.x is [77 CLIP-L+G tokens padded to 4096 wide,
+# then the T5 tokens], Flux is the T5 tokens alone; their pooled vectors are CLIP-L 768 + CLIP-G 1280 (SD 3.x) and
+# CLIP-L 768 (Flux).
+FAMILIES = {
+    "sd1": "SD 1.x (CLIP-L)",
+    "sd2": "SD 2.x (OpenCLIP-H)",
+    "sdxl": "SDXL (CLIP-L + OpenCLIP-bigG)",
+    "sd3": "SD 3.x (CLIP-L + CLIP-G + T5-XXL)",
+    "flux": "Flux (T5-XXL sequence + CLIP-L pooled)",
+}
+# (width, pooled width) of the full-size encoders -> family, to name what a conditioning came from in messages.
+_KNOWN_CONDITIONINGS = {(768, None): "sd1", (1024, None): "sd2", (2048, 1280): "sdxl", (4096, 2048): "sd3",
+                        (4096, 768): "flux"}
 
 # An encoder returns per-token hidden states [n, tokens, width] and pooled vectors [n, pooled_width] (or None).
 EncodeFn = Callable[[Sequence[str]], "tuple[torch.Tensor, torch.Tensor | None]"]
@@ -55,7 +74,17 @@ def encoder_kind(width: int) -> str:
     return _KNOWN_WIDTHS.get(int(width), f"unknown text encoder ({width} wide)")
 
 
+def conditioning_kind(width: int, pooled_width=None) -> str:
+    """A readable guess of what produced a conditioning of this width and pooled width (full-size encoders)."""
+    family = _KNOWN_CONDITIONINGS.get((int(width), None if pooled_width is None else int(pooled_width)))
+    if family is not None:
+        return FAMILIES[family]
+    return encoder_kind(width) if int(width) in _KNOWN_WIDTHS else "an unknown text encoder"
+
+
 def _encoder_label(direction) -> str:
+    if direction.family in FAMILIES:
+        return f"{direction.encoder}, {FAMILIES[direction.family]}" if direction.encoder else FAMILIES[direction.family]
     kind = encoder_kind(direction.width)
     return f"{direction.encoder}, {kind}" if direction.encoder and direction.encoder != kind else kind
 
@@ -66,6 +95,9 @@ class EditDirection:
 
     ``encoder`` names the text encoder that made it (class name / kind) and ``fingerprint`` identifies its weights
     ("" when unknown, e.g. imported files). ``source_count`` / ``target_count`` are the numbers of sentences.
+    ``family`` is the text-encoder family (a FAMILIES key; "" for directions made before families were recorded)
+    and ``segments`` the per-sentence token counts of the sequence's parts, in order (SD 3.x with T5: (77, 77),
+    CLIP 77 then T5 77; Flux: (256,); CLIP-only encoders: (77,)); () when unknown (then (tokens,) is assumed).
     """
 
     embedding: torch.Tensor
@@ -78,6 +110,8 @@ class EditDirection:
     fingerprint: str = ""
     origin: str = "sentences"
     extra: Mapping[str, str] = field(default_factory=dict)
+    family: str = ""
+    segments: tuple = ()
 
     def __post_init__(self):
         e = self.embedding
@@ -86,6 +120,14 @@ class EditDirection:
             raise ValueError(f"an edit direction embedding must have shape [1, tokens, width], got {shape}")
         if self.pooled is not None and (self.pooled.dim() != 2 or self.pooled.shape[0] != 1):
             raise ValueError(f"a pooled edit direction must have shape [1, width], got {tuple(self.pooled.shape)}")
+        if self.segments and sum(self.segments) != e.shape[1]:
+            raise ValueError(f"an edit direction's segments {tuple(self.segments)} must add up to its {e.shape[1]} tokens")
+
+    @property
+    def repeats_per_chunk(self) -> bool:
+        """Whether the direction is one CLIP chunk that a multi-chunk caption repeats (SD 1.x/2.x/SDXL, SD 3.x
+        without T5). A sequence with T5 tokens (SD 3.x with T5, Flux) is one unchunked sequence: no repeat."""
+        return len(self.segments) <= 1 and self.family != "flux"
 
     @property
     def width(self) -> int:
@@ -148,6 +190,8 @@ def build_direction(
     encoder: str = "",
     fingerprint: str = "",
     origin: str = "sentences",
+    family: str = "",
+    segments: Sequence[int] = (),
 ) -> EditDirection:
     """``mean(encode(target_sentences)) - mean(encode(source_sentences))``, as diffusers' ``get_embeds`` +
     ``construct_direction`` (no normalization). The pooled difference is kept when the encoder gives pooled vectors."""
@@ -163,7 +207,8 @@ def build_direction(
     return EditDirection(
         embedding=embedding, pooled=pooled, source=source, target=target,
         source_count=len(source_sentences), target_count=len(target_sentences),
-        encoder=encoder, fingerprint=fingerprint, origin=origin,
+        encoder=encoder, fingerprint=fingerprint, origin=origin, family=family,
+        segments=tuple(int(n) for n in segments),
     )
 
 
@@ -208,7 +253,16 @@ def apply_direction(embedding: torch.Tensor, direction: EditDirection, multiplie
             f"{_encoder_label(direction)}) but this conditioning is {width} wide "
             f"({encoder_kind(width)}): build the direction with the CLIP of the checkpoint you are editing with"
         )
-    if tokens % direction.tokens != 0:
+    if not direction.repeats_per_chunk:
+        if tokens != direction.tokens:
+            raise ValueError(
+                f"the conditioning has {tokens} tokens but the edit direction {direction.name!r} has "
+                f"{direction.tokens} ({' + '.join(str(n) for n in direction.segments)} per sentence, "
+                f"{_encoder_label(direction)}): its T5 tokens are one sequence, not 77-token chunks, so the caption "
+                "must encode to the same length. Shorten the caption (T5 pads to 77 tokens for SD 3.x, 256 for Flux) "
+                "or build the direction with the CLIP that encodes the caption"
+            )
+    elif tokens % direction.tokens != 0:
         raise ValueError(
             f"the conditioning has {tokens} tokens, not a multiple of the direction's {direction.tokens}: "
             "encode the caption with CLIPTextEncode (which pads to 77-token chunks)"
@@ -216,6 +270,24 @@ def apply_direction(embedding: torch.Tensor, direction: EditDirection, multiplie
     delta = direction.embedding.to(device=embedding.device, dtype=torch.float32) * float(multiplier)
     delta = delta.repeat(1, tokens // direction.tokens, 1)
     return (embedding.to(torch.float32) + delta).to(embedding.dtype)
+
+
+def check_conditioning(direction: EditDirection, width: int, pooled_width=None) -> None:
+    """Refuse a conditioning made by another kind of text encoder than the direction, before anything is added:
+    the sequence width must match, and so must the pooled width when both have one (SD 3.x and Flux share the T5
+    width 4096 and differ in the pooled vector: 2048 vs 768)."""
+    direction_pooled = None if direction.pooled is None else int(direction.pooled.shape[-1])
+    if int(width) == direction.width and (pooled_width is None or direction_pooled is None
+                                          or int(pooled_width) == direction_pooled):
+        return
+    pooled = f", pooled {direction_pooled}" if direction_pooled is not None else ""
+    got_pooled = f", pooled {pooled_width}" if pooled_width is not None else ""
+    raise ValueError(
+        f"the edit direction {direction.name!r} is {direction.width} wide (built with "
+        f"{_encoder_label(direction)}{pooled}) but this conditioning is {width} wide (from "
+        f"{conditioning_kind(width, pooled_width)}{got_pooled}): build the direction with the CLIP of the checkpoint you are "
+        "editing with (P2PZ_BuildDirection on the same CLIP output that encodes the caption)"
+    )
 
 
 def apply_pooled_direction(pooled: torch.Tensor | None, direction: EditDirection, multiplier: float = 1.0):
@@ -253,7 +325,9 @@ def save_direction(path, direction: EditDirection, overwrite: bool = False) -> s
         "target_count": str(direction.target_count),
         "width": str(direction.width),
         "tokens": str(direction.tokens),
-        "encoder_kind": encoder_kind(direction.width),
+        "encoder_kind": FAMILIES.get(direction.family, encoder_kind(direction.width)),
+        "family": direction.family,
+        "segments": json.dumps([int(n) for n in direction.segments]),
         **{k: str(getattr(direction, k)) for k in _META_KEYS},
     }
     if direction.extra:
@@ -291,7 +365,9 @@ def load_direction(path) -> EditDirection:
     return EditDirection(
         embedding=embedding, pooled=tensors.get("pooled"),
         source_count=int(metadata.get("source_count", 0)), target_count=int(metadata.get("target_count", 0)),
-        extra=extra, **{k: metadata.get(k, "") for k in _META_KEYS},
+        extra=extra, family=metadata.get("family", ""),
+        segments=tuple(json.loads(metadata["segments"])) if metadata.get("segments") else (),
+        **{k: metadata.get(k, "") for k in _META_KEYS},
     )
 
 

@@ -14,9 +14,10 @@ import torch
 
 from .regularization import ShiftSampler, regularize_noise
 from .schedule import InversionSchedule
+from .flow_space import denoised_from_noise, flow_step, noise_from_velocity, predict_velocity
 from .sigma_space import V_CONVERSION_LEVEL, V_CONVERSIONS, ddim_step, from_ddim, predict_noise
 
-__all__ = ["Denoiser", "check_latent", "predict_noise", "invert_latent"]
+__all__ = ["Denoiser", "check_latent", "predict_noise", "invert_flow_latent", "invert_latent"]
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 StepCallback = Callable[[int, torch.Tensor, torch.Tensor], None]
@@ -39,6 +40,17 @@ def check_latent(latent: torch.Tensor, channels: Optional[int] = None, what: str
             f"the {what} contains NaN or infinite values: re-encode the image (a VAE in fp16 can overflow; "
             "try the VAE in fp32 with --fp32-vae)"
         )
+
+
+def _regularization(lambda_ac, lambda_kl, num_reg_steps, num_ac_rolls, generator, shift_sampler) -> dict:
+    """regularize_noise's keyword arguments, checked."""
+    for name, value in (("num_reg_steps", num_reg_steps), ("num_ac_rolls", num_ac_rolls)):
+        if int(value) != value or value < 0:
+            raise ValueError(f"{name} must be a whole number >= 0, got {value!r}")
+    if lambda_ac < 0 or lambda_kl < 0:
+        raise ValueError(f"regularization strengths must be >= 0, got lambda_ac={lambda_ac}, lambda_kl={lambda_kl}")
+    return dict(lambda_ac=0.0 if num_ac_rolls == 0 else lambda_ac, lambda_kl=lambda_kl, num_reg_steps=num_reg_steps,
+                num_ac_rolls=num_ac_rolls, generator=generator, shift_sampler=shift_sampler)
 
 
 def invert_latent(
@@ -69,15 +81,9 @@ def invert_latent(
     default, or "source" as diffusers' DDIMInverseScheduler; core.sigma_space.V_CONVERSION_LEVEL says why).
     """
     check_latent(latent)
-    for name, value in (("num_reg_steps", num_reg_steps), ("num_ac_rolls", num_ac_rolls)):
-        if int(value) != value or value < 0:
-            raise ValueError(f"{name} must be a whole number >= 0, got {value!r}")
-    if lambda_ac < 0 or lambda_kl < 0:
-        raise ValueError(f"regularization strengths must be >= 0, got lambda_ac={lambda_ac}, lambda_kl={lambda_kl}")
+    reg = _regularization(lambda_ac, lambda_kl, num_reg_steps, num_ac_rolls, generator, shift_sampler)
     if v_conversion not in V_CONVERSIONS:
         raise ValueError(f"v_conversion must be one of {V_CONVERSIONS}, got {v_conversion!r}")
-    if num_ac_rolls == 0:
-        lambda_ac = 0.0
     levels = [float(s) for s in schedule.levels]
     eval_sigmas = [float(s) for s in schedule.eval_sigmas]
 
@@ -86,16 +92,49 @@ def invert_latent(
         sigma_from, sigma_to = levels[step], levels[step + 1]
         eps = predict_noise(denoise, x, sigma_from, sigma_eval, v_prediction=v_prediction,
                             v_conversion=v_conversion)
-        eps = regularize_noise(
-            eps,
-            lambda_ac=lambda_ac,
-            lambda_kl=lambda_kl,
-            num_reg_steps=num_reg_steps,
-            num_ac_rolls=num_ac_rolls,
-            generator=generator,
-            shift_sampler=shift_sampler,
-        )
+        eps = regularize_noise(eps, **reg)
         x = ddim_step(x, eps, sigma_from, sigma_to)
         if callback is not None:
             callback(step, x, eps)
+    return x
+
+
+def invert_flow_latent(
+    denoise: Denoiser,
+    latent: torch.Tensor,
+    levels: torch.Tensor,
+    *,
+    lambda_ac: float = 20.0,
+    lambda_kl: float = 20.0,
+    num_reg_steps: int = 5,
+    num_ac_rolls: int = 5,
+    generator: Optional[torch.Generator] = None,
+    shift_sampler: Optional[ShiftSampler] = None,
+    callback: Optional[StepCallback] = None,
+) -> torch.Tensor:
+    """Regularized inversion for a flow-matching model (ComfyUI CONST: SD 3.x, Flux): the Euler ODE run backwards.
+
+    denoise: ComfyUI's denoiser (x, sigma) -> denoised, with x = (1 - sigma) x0 + sigma eps unscaled.
+    latent: the clean latent [B, C, H, W] in the model's units (after process_latent_in), at level levels[0] = 0.
+    levels: ascending [N + 1] from 0 to the top level < 1 (core.flow_space.flow_levels).
+    Step k asks the model for its velocity at (x_k, levels[k + 1]) — the level the regenerating Euler step evaluates
+    at — turns it into noise at the latent's level (eps_hat = x + (1 - s) v), regularizes that noise as the DDIM
+    inversion does, and steps with it (core.flow_space.flow_step; with no regularization exactly x + v (s' - s)).
+    Returns x at levels[-1] (model units, before ComfyUI's LATENT scaling x / (1 - s)). callback(step, x, x0) runs
+    after every step with the clean latent the regularized noise implies.
+    """
+    check_latent(latent)
+    reg = _regularization(lambda_ac, lambda_kl, num_reg_steps, num_ac_rolls, generator, shift_sampler)
+    levels = [float(s) for s in levels]
+    if len(levels) < 2 or levels[0] != 0.0 or levels[-1] >= 1.0 or any(b <= a for a, b in zip(levels, levels[1:])):
+        raise ValueError(f"flow inversion levels must ascend from 0 to below 1, got {levels}")
+    x = latent
+    for step in range(len(levels) - 1):
+        sigma_from, sigma_to = levels[step], levels[step + 1]
+        eps = noise_from_velocity(x, predict_velocity(denoise, x, sigma_to), sigma_from)
+        eps = regularize_noise(eps, **reg)
+        x0 = denoised_from_noise(x, eps, sigma_from)
+        x = flow_step(x, eps, sigma_from, sigma_to)
+        if callback is not None:
+            callback(step, x, x0)
     return x

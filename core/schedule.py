@@ -27,9 +27,13 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["SCHEDULES", "InversionSchedule", "inversion_schedule", "restore_schedule", "sigmas_from_alphas_cumprod"]
+__all__ = ["FLOW_KIND", "SCHEDULES", "InversionSchedule", "inversion_schedule", "regeneration_sigmas", "restore_schedule",
+           "sigmas_from_alphas_cumprod"]
 
 SCHEDULES = ("diffusers", "authors")
+# The "kind" of a LATENT's inversion record made by the flow-model path (core.inversion.invert_flow_latent), which
+# carries no DDIM schedule.
+FLOW_KIND = "flow"
 
 
 @dataclass(frozen=True)
@@ -58,7 +62,7 @@ class InversionSchedule:
 
     def regeneration_sigmas(self) -> torch.Tensor:
         """Descending sigmas that undo this inversion with a deterministic sampler, ending at 0."""
-        return torch.cat([self.levels[1:].flip(0), self.levels.new_zeros(1)])
+        return regeneration_sigmas(self.levels)
 
     def to_dict(self) -> dict:
         """Plain-Python description (JSON-able), carried in the LATENT for later nodes."""
@@ -74,6 +78,12 @@ class InversionSchedule:
     def from_dict(cls, info) -> "InversionSchedule":
         """The schedule a LATENT carries (to_dict's output, possibly with extra keys), checked for shape only:
         compare it with a model's table with restore_schedule."""
+        if hasattr(info, "get") and info.get("kind") == FLOW_KIND:
+            raise ValueError(
+                "this latent was inverted with a flow-matching model (SD 3.x, Flux): the pix2pix-zero guided edit "
+                "for those models is not available yet. Regenerate or edit it with SamplerCustom (euler, cfg 1, "
+                "add_noise off) and the inversion's regeneration_sigmas"
+            )
         try:
             name = str(info["schedule"])
             levels = torch.tensor([float(s) for s in info["levels"]], dtype=torch.float32)
@@ -91,6 +101,12 @@ class InversionSchedule:
                 f"{len(levels)} levels): invert the image again and pass its latent on unchanged"
             )
         return cls(name=name, levels=levels, eval_sigmas=eval_sigmas, timesteps=timesteps)
+
+
+def regeneration_sigmas(levels: torch.Tensor) -> torch.Tensor:
+    """The descending sigmas that retrace ascending inversion levels [l_0, ..., l_N] back to 0: [l_N, ..., l_1, 0]
+    (the clean latent's own level l_0 is where the last step lands; a sampler's last sigma is 0)."""
+    return torch.cat([levels[1:].flip(0), levels.new_zeros(1)])
 
 
 def sigmas_from_alphas_cumprod(alphas_cumprod: torch.Tensor) -> torch.Tensor:

@@ -97,7 +97,8 @@ def discrete_model_sampling(model, what: str):
 
     if isinstance(sampling, ms.CONST):
         raise refuse("a flow-matching model (CONST sampling: SD 3.x, Flux, AuraFlow and similar), whose noise path "
-                     "x = (1 - sigma) x0 + sigma noise is not DDIM's")
+                     "x = (1 - sigma) x0 + sigma noise is not DDIM's (for these models Invert Latent and the edit "
+                     f"directions work already; the {what} is in progress)")
     continuous = tuple(c for c in (getattr(ms, "ModelSamplingContinuousEDM", None),
                                    getattr(ms, "ModelSamplingContinuousV", None)) if c is not None)
     if continuous and isinstance(sampling, continuous):
@@ -145,3 +146,32 @@ def model_patcher_for(module, dtype, load_device, offload_device):
 
     return comfy.model_patcher.ModelPatcher(HostedModule(module, dtype, offload_device), load_device=load_device,
                                             offload_device=offload_device)
+
+
+FLOW_MODELS = "flow-matching models with ComfyUI's CONST sampling (SD 3.x, Flux, incl. ModelSamplingSD3/Flux patches)"
+
+
+def is_flow_model(model) -> bool:
+    """Whether the MODEL samples as a flow-matching model (ComfyUI's CONST: x = (1 - sigma) x0 + sigma noise)."""
+    import comfy.model_sampling as ms
+
+    return isinstance(model.get_model_object("model_sampling"), ms.CONST)
+
+
+def flow_model_sampling(model, what: str):
+    """The MODEL's model_sampling after checking the flow inversion's math fits it (see core.flow_space): CONST's
+    denoiser (denoised = x - sigma * velocity) on an unscaled input, and a sigma table ending at pure noise, 1."""
+    import comfy.model_sampling as ms
+
+    sampling = model.get_model_object("model_sampling")
+    kind = type(sampling).__name__
+    if not isinstance(sampling, ms.CONST) or type(sampling).calculate_denoised is not ms.CONST.calculate_denoised \
+            or type(sampling).calculate_input is not ms.CONST.calculate_input:
+        raise ValueError(f"pix2pix-zero {what} cannot use this model as a flow-matching model: it is sampled with "
+                         f"{kind}. Supported: {FLOW_MODELS}")
+    sigmas = getattr(sampling, "sigmas", None)
+    if sigmas is None or abs(float(sampling.sigma_max) - 1.0) > 1e-3:
+        raise ValueError(f"pix2pix-zero {what} cannot use this flow model: its sigmas do not run up to pure noise "
+                         f"(sigma_max {float(getattr(sampling, 'sigma_max', float('nan'))):g}, expected 1). "
+                         f"Supported: {FLOW_MODELS}")
+    return sampling

@@ -1,4 +1,5 @@
 """Edit-direction nodes: build from sentences with the graph's CLIP, save, load, import the authors' files, apply."""
+import dataclasses
 import os
 
 import folder_paths
@@ -9,6 +10,7 @@ from ..core.direction import (
     apply_direction,
     apply_pooled_direction,
     build_direction,
+    check_conditioning,
     direction_from_word_embeddings,
     encoder_fingerprint,
     load_direction,
@@ -49,16 +51,60 @@ def _escape_weights(text: str) -> str:
     return text.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)")
 
 
-def clip_sentence_encoder(clip):
-    """``encode(sentences) -> (hidden [n, 77, width], pooled [n, pooled_width] or None)`` with a ComfyUI CLIP.
+def text_family(clip) -> str:
+    """The text-encoder family of a ComfyUI CLIP (core.direction.FAMILIES key), "" for others."""
+    import comfy.sd1_clip
+    import comfy.sdxl_clip
 
-    Each sentence is tokenized as CLIPTextEncode would and cut to its first 77-token chunk (the references pad and
-    truncate to 77). All sentences of a call go through ``clip.encode_from_tokens`` as the chunks of one prompt, so
-    the text encoder runs once per batch with the checkpoint's own layer choice (CLIPSetLastLayer included), and the
-    chunks come back side by side on the token axis. ComfyUI returns only the first chunk's pooled vector, so the
-    per-sentence pooled vectors are read with a forward hook on the encoder that produced it.
+    model = clip.cond_stage_model
+    families = [("sdxl", getattr(comfy.sdxl_clip, "SDXLClipModel", None))]
+    try:
+        import comfy.text_encoders.flux as flux_te
+        import comfy.text_encoders.sd2_clip as sd2_te
+        import comfy.text_encoders.sd3_clip as sd3_te
+        families += [("sd3", sd3_te.SD3ClipModel), ("flux", flux_te.FluxClipModel), ("sd2", sd2_te.SD2ClipModel)]
+    except (ImportError, AttributeError):  # pragma: no cover - every supported ComfyUI has them
+        pass
+    families.append(("sd1", comfy.sd1_clip.SD1ClipModel))
+    for family, cls in families:
+        if cls is not None and isinstance(model, cls):
+            return family
+    return ""
+
+
+def _segment_keys(clip, family):
+    """The token keys whose chunks make up each part of the conditioning sequence, in order. ComfyUI's SD 3.x
+    encoder puts CLIP-L + CLIP-G (side by side, padded to 4096 wide) first and T5 after on the sequence, each part
+    holding all chunks of that encoder; Flux's sequence is T5 alone (CLIP-L gives only the pooled vector)."""
+    model = clip.cond_stage_model
+    if family == "sd3":
+        parts = []
+        if getattr(model, "clip_l", None) is not None or getattr(model, "clip_g", None) is not None:
+            parts.append(("l", "g"))
+        if getattr(model, "t5xxl", None) is not None:
+            parts.append(("t5xxl",))
+        return parts
+    if family == "flux":
+        return [("t5xxl",)]
+    return None  # CLIP-only encoders: one part, every key 77-token chunks side by side
+
+
+def clip_sentence_encoder(clip):
+    """``encode(sentences) -> (hidden [n, tokens, width], pooled [n, pooled_width] or None)`` with a ComfyUI CLIP.
+
+    Each sentence is tokenized as CLIPTextEncode would and cut to its first chunk (the references pad and truncate
+    to 77; T5 does not chunk, it pads to 77 for SD 3.x and 256 for Flux). All sentences of a call go through
+    ``clip.encode_from_tokens`` as the chunks of one prompt, so the text encoder runs once per batch with the
+    checkpoint's own layer choice (CLIPSetLastLayer included), and the chunks come back one after another on the
+    token axis, part by part for MMDiT encoders (see _segment_keys): they are cut back into one sequence per
+    sentence, laid out as a single sentence's conditioning. ComfyUI returns only the first chunk's pooled vector, so
+    the per-sentence pooled vectors are read with forward hooks on the CLIP encoders (SD 3.x: CLIP-L's and CLIP-G's
+    side by side, as ComfyUI concatenates them).
     """
     import comfy.sd1_clip
+
+    family = text_family(clip)
+    parts = _segment_keys(clip, family)
 
     def encode(sentences):
         merged = {}
@@ -66,15 +112,17 @@ def clip_sentence_encoder(clip):
             tokens = clip.tokenize(_escape_weights(sentence))
             for key, chunks in tokens.items():
                 merged.setdefault(key, []).append([(t[0], 1.0) for t in chunks[0]])
-        lengths = {len(chunk) for chunks in merged.values() for chunk in chunks}
-        if len(lengths) != 1:
-            raise ValueError(f"this text encoder pads sentences to different lengths ({sorted(lengths)}): "
-                             "only CLIP encoders with fixed 77-token chunks (SD 1.x, SD 2.x, SDXL) are supported")
-        pooled_by_module = {}
+        lengths = {key: {len(chunk) for chunk in chunks} for key, chunks in merged.items()}
+        if any(len(v) != 1 for v in lengths.values()) or (
+                parts is None and len({n for v in lengths.values() for n in v}) != 1):
+            raise ValueError(f"this text encoder pads sentences to different lengths ({lengths}): a sentence is "
+                             "longer than the encoder's padding (T5: 77 tokens for SD 3.x, 256 for Flux); shorten "
+                             "it, or use sentences of ordinary length")
+        pooled_by_module = []
 
         def keep_pooled(module, _inputs, output):
             if isinstance(output, (tuple, list)) and len(output) > 1 and isinstance(output[1], torch.Tensor):
-                pooled_by_module[module] = output[1]
+                pooled_by_module.append(output[1])
 
         hooks = [m.register_forward_hook(keep_pooled) for m in clip.cond_stage_model.modules()
                  if isinstance(m, comfy.sd1_clip.SDClipModel)]
@@ -84,18 +132,42 @@ def clip_sentence_encoder(clip):
             for h in hooks:
                 h.remove()
         n = len(sentences)
-        if cond.shape[1] % n != 0:
-            raise ValueError(f"the text encoder returned {cond.shape[1]} tokens for {n} sentences")
-        hidden = cond.reshape(n, cond.shape[1] // n, cond.shape[-1])
-        pooled = None
-        if first_pooled is not None:
-            for p in pooled_by_module.values():
-                if p.shape[0] == n and torch.equal(p[0:1].to(first_pooled), first_pooled):
-                    pooled = p.to(first_pooled.device)
-                    break
-        return hidden, pooled
+        if parts is None:
+            segments = [cond.shape[1] // n]
+        else:
+            segments = [next(iter(lengths[keys[0]] if keys[0] in lengths else lengths[keys[-1]])) for keys in parts]
+        if sum(segments) * n != cond.shape[1]:
+            raise ValueError(f"the text encoder returned {cond.shape[1]} tokens for {n} sentences of "
+                             f"{' + '.join(map(str, segments))} tokens each: an encoder layout this pack does not "
+                             "know")
+        pieces, offset = [], 0
+        for length in segments:
+            pieces.append(cond[:, offset:offset + n * length].reshape(n, length, cond.shape[-1]))
+            offset += n * length
+        hidden = torch.cat(pieces, dim=1)
+        encode.segments = tuple(segments)
+        return hidden, _per_sentence_pooled(pooled_by_module, first_pooled, n)
 
+    encode.family = family
+    encode.segments = ()
     return encode
+
+
+def _per_sentence_pooled(candidates, first_pooled, n):
+    """The per-sentence pooled vectors [n, width] whose first row is ComfyUI's first_pooled: one encoder's (SDXL:
+    CLIP-G; Flux: CLIP-L) or several side by side in encoder order (SD 3.x: CLIP-L then CLIP-G)."""
+    if first_pooled is None:
+        return None
+    candidates = [p for p in candidates if p.dim() == 2 and p.shape[0] == n]
+    width, offset, picked = first_pooled.shape[-1], 0, []
+    for p in candidates:
+        w = p.shape[-1]
+        if offset + w <= width and torch.equal(p[0:1].to(first_pooled), first_pooled[:, offset:offset + w]):
+            picked.append(p.to(first_pooled.device))
+            offset += w
+            if offset == width:
+                return torch.cat(picked, dim=-1)
+    return None
 
 
 def clip_description(clip):
@@ -108,7 +180,9 @@ def edit_conditioning(conditioning, direction: EditDirection, multiplier: float 
     """A new CONDITIONING with ``multiplier * direction`` added to each entry's tokens (and pooled vector)."""
     out = []
     for tensor, extra in conditioning:
-        edited = apply_direction(tensor, direction, multiplier)  # checks the width first: the clearer message
+        pooled = extra.get("pooled_output")
+        check_conditioning(direction, tensor.shape[-1], None if pooled is None else pooled.shape[-1])
+        edited = apply_direction(tensor, direction, multiplier)
         extra = dict(extra)
         if "pooled_output" in extra:
             extra["pooled_output"] = apply_pooled_direction(extra["pooled_output"], direction, multiplier)
@@ -192,9 +266,11 @@ class BuildDirection:
             source = source or sentence_file_label(source_file)
             target = target or sentence_file_label(target_file)
         encoder, fingerprint = clip_description(clip)
-        direction = build_direction(clip_sentence_encoder(clip), source, target, src, tgt, batch_size=ENCODE_BATCH,
-                                    encoder=encoder, fingerprint=fingerprint)
-        return (direction,)
+        encode = clip_sentence_encoder(clip)
+        direction = build_direction(encode, source, target, src, tgt, batch_size=ENCODE_BATCH, encoder=encoder,
+                                    fingerprint=fingerprint, family=encode.family)
+        # the per-sentence layout is known once the encoder has run
+        return (dataclasses.replace(direction, segments=encode.segments),)
 
 
 class SaveDirection:

@@ -6,9 +6,12 @@ import comfy.samplers
 import comfy.utils
 import latent_preview
 
-from ..core import SCHEDULES, check_latent, invert_latent, inversion_schedule
+from ..core import SCHEDULES, check_latent, invert_flow_latent, invert_latent, inversion_schedule
+from ..core.flow_space import flow_levels
+from ..core.schedule import FLOW_KIND, regeneration_sigmas
 from ..core.sigma_space import denoised_from_eps, start_noise
-from .common import CATEGORY, INVERSION_KEY, SEED_INPUT, check_conditioning_batch, discrete_model_sampling
+from .common import (CATEGORY, INVERSION_KEY, SEED_INPUT, check_conditioning_batch, discrete_model_sampling,
+                     flow_model_sampling, is_flow_model)
 
 
 def _inversion_sampler(schedule, generator, reg):
@@ -32,12 +35,53 @@ def _inversion_sampler(schedule, generator, reg):
     return comfy.samplers.KSAMPLER(sample_inversion)
 
 
+def _flow_inversion_sampler(levels, generator, reg):
+    """A ComfyUI SAMPLER whose loop is the core flow inversion (sigmas are the ascending levels). ComfyUI's KSAMPLER
+    around it starts from the clean latent (noise_scaling at sigma 0) and returns x / (1 - s_top), its LATENT
+    convention for a noisy flow latent (CONST.inverse_noise_scaling), which SamplerCustom undoes on the way back."""
+
+    def sample_flow_inversion(model, x, sigmas, extra_args=None, callback=None, disable=None):
+        extra_args = extra_args or {}
+
+        def denoise(x_in, sigma):
+            return model(x_in, sigma, **extra_args)
+
+        def on_step(step, x_step, x0):
+            comfy.model_management.throw_exception_if_processing_interrupted()
+            if callback is not None:
+                callback({"i": step, "x": x_step, "denoised": x0, "sigma": sigmas[step + 1], "sigma_hat": sigmas[step + 1]})
+
+        return invert_flow_latent(denoise, x, levels, generator=generator, callback=on_step, **reg)
+
+    return comfy.samplers.KSAMPLER(sample_flow_inversion)
+
+
+def _run_inversion(model, conditioning, samples, sampler, sigmas, steps, seed):
+    guider = comfy.samplers.CFGGuider(model)  # cfg 1: only the caption is evaluated, as the references
+    guider.inner_set_conds({"positive": conditioning})
+    callback = latent_preview.prepare_callback(model, steps)
+    return guider.sample(
+        torch.zeros_like(samples),  # no noise is added: the inversion starts from the clean latent
+        samples,
+        sampler,
+        sigmas,  # ascending: the sampler walks them upwards
+        callback=callback,
+        disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED,
+        seed=seed,
+    )
+
+
+FLOW_SCHEDULER = "simple"
+
+
 class InvertLatent:
     DESCRIPTION = (
         "pix2pix-zero's regularized DDIM inversion: turns an image latent into the noise that regenerates it, "
         "nudging the predicted noise of every step towards i.i.d. Gaussian so it stays editable. Regenerate with "
         "SamplerCustom (add_noise off, cfg 1, sampler ddim or euler, the regeneration_sigmas output), or with "
-        "KSamplerAdvanced (add_noise disable, ddim + ddim_uniform, the same steps, cfg 1) when steps divides 1000."
+        "KSamplerAdvanced (add_noise disable, ddim + ddim_uniform, the same steps, cfg 1) when steps divides 1000. "
+        "SD 3.x and Flux models are inverted along the Euler ODE of their own sigma schedule; regenerate with "
+        "SamplerCustom (euler, cfg 1, add_noise off, regeneration_sigmas)."
     )
     CATEGORY = CATEGORY
     FUNCTION = "invert"
@@ -52,7 +96,7 @@ class InvertLatent:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "model": ("MODEL", {"tooltip": "SD 1.x, SD 2.x (incl. v-prediction) or SDXL model. It is not modified."}),
+                "model": ("MODEL", {"tooltip": "SD 1.x, SD 2.x (incl. v-prediction), SDXL, or a flow-matching model (SD 3.x, Flux: inverted along the Euler ODE). It is not modified."}),
                 "conditioning": ("CONDITIONING", {"tooltip": "The image's caption, encoded with CLIPTextEncode (e.g. from the BLIP caption). No CFG is used while inverting."}),
                 "latent": ("LATENT", {"tooltip": "The image encoded with VAEEncode. Batches invert image by image, each as if alone."}),
                 "steps": ("INT", {"default": 50, "min": 1, "max": 500, "tooltip": "DDIM steps. 50 as the references; the editing sampler must use the same. Prefer a divisor of 1000 (20, 25, 50, 100)."}),
@@ -66,6 +110,10 @@ class InvertLatent:
         }
 
     def invert(self, model, conditioning, latent, steps, schedule, lambda_ac, lambda_kl, reg_steps, ac_rolls, seed):
+        if is_flow_model(model):
+            return self._invert_flow(model, conditioning, latent, steps, schedule, seed,
+                                     dict(lambda_ac=lambda_ac, lambda_kl=lambda_kl, num_reg_steps=reg_steps,
+                                          num_ac_rolls=ac_rolls))
         model_sampling = discrete_model_sampling(model, "inversion")
         samples = latent["samples"]
         channels = model.get_model_object("latent_format").latent_channels
@@ -75,23 +123,36 @@ class InvertLatent:
         inv_schedule = inversion_schedule(model_sampling.sigmas, steps, schedule)
         generator = torch.Generator(device="cpu").manual_seed(seed)
         reg = dict(lambda_ac=lambda_ac, lambda_kl=lambda_kl, num_reg_steps=reg_steps, num_ac_rolls=ac_rolls)
-
-        guider = comfy.samplers.CFGGuider(model)  # cfg 1: only the caption is evaluated, as the references
-        guider.inner_set_conds({"positive": conditioning})
-        callback = latent_preview.prepare_callback(model, inv_schedule.steps)
-        inverted = guider.sample(
-            torch.zeros_like(samples),  # no noise is added: the inversion starts from the clean latent
-            samples,
-            _inversion_sampler(inv_schedule, generator, reg),
-            inv_schedule.levels,  # ascending: the sampler walks them upwards
-            callback=callback,
-            disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED,
-            seed=seed,
-        )
+        inverted = _run_inversion(model, conditioning, samples, _inversion_sampler(inv_schedule, generator, reg),
+                                  inv_schedule.levels, inv_schedule.steps, seed)
         out = latent.copy()
         out["samples"] = inverted.to(comfy.model_management.intermediate_device())
         out[INVERSION_KEY] = dict(inv_schedule.to_dict(), shape=list(samples.shape), seed=seed)
         return (out, inv_schedule.regeneration_sigmas())
+
+    def _invert_flow(self, model, conditioning, latent, steps, schedule, seed, reg):
+        """SD 3.x / Flux: the regularized inverse Euler ODE along the model's own schedule (core.flow_space)."""
+        model_sampling = flow_model_sampling(model, "inversion")
+        if schedule != "diffusers":
+            raise ValueError(f"the {schedule!r} schedule is DDIM's (SD 1.x/2.x/SDXL); this is a flow-matching model, "
+                             "which inverts along ComfyUI's 'simple' sigmas of the model: set schedule to 'diffusers'")
+        samples = latent["samples"]
+        channels = model.get_model_object("latent_format").latent_channels
+        check_latent(samples, channels=channels, what="latent to invert")
+        check_conditioning_batch(conditioning, samples.shape[0], "caption conditioning")
+        # ComfyUI's "simple" scheduler (the one SD 3.x and Flux workflows use) for steps + 1 steps, with pure noise
+        # (sigma 1, where no LATENT exists) dropped: `steps` steps of the model's own schedule, its shift included
+        # (ModelSamplingSD3/ModelSamplingFlux patches apply). Not a widget yet: a new widget would shift the
+        # widgets_values of every saved workflow using this node.
+        levels = flow_levels(comfy.samplers.calculate_sigmas(model_sampling, FLOW_SCHEDULER, steps + 1), steps)
+        generator = torch.Generator(device="cpu").manual_seed(seed)
+        inverted = _run_inversion(model, conditioning, samples,
+                                  _flow_inversion_sampler(levels, generator, reg), levels, steps, seed)
+        out = latent.copy()
+        out["samples"] = inverted.to(comfy.model_management.intermediate_device())
+        out[INVERSION_KEY] = {"kind": FLOW_KIND, "scheduler": FLOW_SCHEDULER, "steps": steps,
+                              "levels": [float(s) for s in levels], "shape": list(samples.shape), "seed": seed}
+        return (out, regeneration_sigmas(levels))
 
 
 class NoiseLatent:

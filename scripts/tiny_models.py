@@ -6,6 +6,8 @@ tests and the benchmarks (no downloads; nothing is ever committed). ComfyUI must
   tiny_sd15(seed=0) -> (MODEL, CLIP, VAE)  tiny SD 1.5-shaped ComfyUI objects, float32
   tiny_sd15_checkpoint(cache_dir, seed=0)  a small fp16 checkpoint file CheckpointLoaderSimple detects as SD 1.5
   tiny_unet_model(comfy, layout, seed)     tiny SD 1.5 / SD 2.x-v / SDXL UNet MODELs
+  tiny_mmdit_model(family, seed)           tiny SD 3.x (MMDiT) / Flux flow-matching MODELs
+  tiny_mmdit_clip(family, seed)            tiny SD 3.x (CLIP-L + CLIP-G + T5) / Flux (T5 + CLIP-L) CLIP objects
   use_models_dir(path)                     adds ``<path>/checkpoints`` to ComfyUI's checkpoint folders
 """
 import hashlib
@@ -301,3 +303,136 @@ def tiny_conditioning(width, pooled, seed, scale=4.0):
     g = torch.Generator().manual_seed(seed)
     extra = {} if pooled is None else {"pooled_output": torch.randn(1, pooled, generator=g)}
     return [[scale * torch.randn(1, 77, width, generator=g), extra]]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Tiny MMDiT models (SD 3.x, Flux) and their text encoders (direct construction)
+# ----------------------------------------------------------------------------------------------------------------
+
+# SD 3.x's MMDiT: ComfyUI fixes the head size at 64 and the hidden size at 64 * depth, so depth 2 is hidden 128 with
+# 2 heads. Context and pooled widths are free here (4096 and 2048 at full size): tiny conditionings feed it.
+TINY_SD3_CONTEXT, TINY_SD3_POOLED = 64, 32
+_SD3_UNET = {"in_channels": 16, "out_channels": 16, "patch_size": 2, "depth": 2, "input_size": None,
+             "adm_in_channels": TINY_SD3_POOLED, "pos_embed_scaling_factor": None, "pos_embed_max_size": 16,
+             "num_patches": 256, "x_block_self_attn_layers": [],
+             "context_embedder_config": {"target": "torch.nn.Linear",
+                                         "params": {"in_features": TINY_SD3_CONTEXT, "out_features": 128}}}
+# Flux: one double and one single block, hidden 32 in 2 heads of 16 (axes_dim sums to the head size), the real
+# 16 latent channels and patch 2; T5 width 64 and CLIP pooled 32 instead of 4096 and 768. No guidance embedding
+# (schnell-like), so cfg 1 runs need no guidance value.
+TINY_FLUX_CONTEXT, TINY_FLUX_POOLED = 64, 32
+_FLUX_UNET = {"image_model": "flux", "in_channels": 16, "out_channels": 16, "vec_in_dim": TINY_FLUX_POOLED,
+              "context_in_dim": TINY_FLUX_CONTEXT, "hidden_size": 32, "mlp_ratio": 2.0, "num_heads": 2, "depth": 1,
+              "depth_single_blocks": 1, "axes_dim": [4, 6, 6], "theta": 10000, "patch_size": 2, "qkv_bias": True,
+              "guidance_embed": False}
+
+
+def tiny_mmdit_model(family, seed=0, out_scale=None):
+    """A tiny flow-matching MODEL in ComfyUI's real layout: ``family`` "sd3" (comfy.supported_models.SD3: MMDiT,
+    ModelSamplingDiscreteFlow shift 3.0, SD3 latent format) or "flux" (comfy.supported_models.Flux: double + single
+    stream blocks, ModelSamplingFlux, Flux latent format). Returns (MODEL, context width, pooled width). float32,
+    weights deterministic from ``seed``; built under inference mode as ComfyUI's loaders build models.
+
+    ``out_scale`` scales the final projection (the velocity head): ComfyUI zero-initialises nothing here, but torch's
+    default init gives velocities far below unit size on a tiny network; scale it to get trained-model-like ranges."""
+    import torch
+    import comfy.model_management as mm
+    import comfy.supported_models as sm
+    from comfy.model_patcher import ModelPatcher
+
+    if family == "sd3":
+        config, width, pooled = sm.SD3(dict(_SD3_UNET)), TINY_SD3_CONTEXT, TINY_SD3_POOLED
+    elif family == "flux":
+        unet = dict(_FLUX_UNET)
+        from comfy.ldm.flux.model import FluxParams
+        if "txt_ids_dims" in getattr(FluxParams, "__dataclass_fields__", {}):
+            unet["txt_ids_dims"] = []  # 0.8.0+: what model detection gives Flux.1
+        config, width, pooled = sm.Flux(unet), TINY_FLUX_CONTEXT, TINY_FLUX_POOLED
+    else:
+        raise ValueError(f"unknown MMDiT family {family!r}: 'sd3' or 'flux'")
+    config.set_inference_dtype(torch.float32, None)
+    with torch.inference_mode():
+        model = config.get_model({})
+        init_module_weights(model.diffusion_model, seed)
+        _fill_mmdit_extras(model.diffusion_model)
+        if out_scale is not None:
+            final = model.diffusion_model.final_layer.linear
+            final.weight.mul_(out_scale)
+            final.bias.mul_(out_scale)
+        model.eval()
+    patcher = ModelPatcher(model, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device())
+    return patcher, width, pooled
+
+
+def _fill_mmdit_extras(net):
+    """What init_module_weights cannot reach and ComfyUI leaves as torch.empty memory until a checkpoint loads:
+    Flux's RMSNorm scales (set to 1, their trained-free value) and MMDiT's fixed sin-cos position table (the table
+    SD3 checkpoints carry)."""
+    import torch
+    from comfy.ldm.modules.diffusionmodules.mmdit import get_2d_sincos_pos_embed
+    for module in net.modules():
+        if type(module).__name__ == "RMSNorm" and isinstance(getattr(module, "scale", None), torch.Tensor):
+            module.scale.fill_(1.0)
+    pos = getattr(net, "pos_embed", None)
+    if isinstance(pos, torch.Tensor):
+        grid = round(pos.shape[1] ** 0.5)
+        pos.copy_(torch.from_numpy(get_2d_sincos_pos_embed(pos.shape[2], grid)).to(pos.dtype)[None])
+    for name, t in list(net.named_parameters()) + list(net.named_buffers()):
+        if not torch.isfinite(t).all() or t.abs().max() > 1e6:
+            raise RuntimeError(f"{name} is not initialised")
+
+
+def tiny_flow_conditioning(width, pooled, seed, tokens=77, scale=1.0):
+    """A random conditioning for a tiny MMDiT MODEL: [1, tokens, width] plus the pooled vector it needs."""
+    import torch
+    g = torch.Generator().manual_seed(seed)
+    return [[scale * torch.randn(1, tokens, width, generator=g), {"pooled_output": torch.randn(1, pooled, generator=g)}]]
+
+
+# Text encoders: ComfyUI's real SD3 and Flux CLIP objects (tokenizers, encoder classes, how the conditioning is laid
+# out), with tiny configs through model_options["<name>_model_config"] (clip_l, clip_g, t5xxl: sd1_clip reads them on
+# every supported version). SD3 pads CLIP-L + CLIP-G to 4096 and concatenates T5 along the sequence, so its T5 must
+# be 4096 wide: one layer, 2 heads of 8, d_ff 16, but the 32128 x 4096 embedding (131M floats, 0.5 GB) is the
+# price of the real layout. Flux's T5 width is free (64 here). 3 CLIP layers: SD3 reads CLIP-L's penultimate layer,
+# which ComfyUI asserts is inside the model.
+TINY_CLIP_L = {"hidden_size": 32, "intermediate_size": 64, "num_attention_heads": 4, "num_hidden_layers": 3,
+               "projection_dim": 32}
+TINY_CLIP_G = {"hidden_size": 48, "intermediate_size": 64, "num_attention_heads": 4, "num_hidden_layers": 3,
+               "projection_dim": 40}
+
+
+def _tiny_t5(d_model):
+    return {"d_model": d_model, "d_ff": 16, "d_kv": 8, "num_heads": 2, "num_layers": 1, "num_decoder_layers": 1}
+
+
+def tiny_mmdit_clip(family, seed=0, t5=True):
+    """A tiny comfy.sd.CLIP with the real ClipTarget of ``family``: "sd3" (SD3Tokenizer + sd3_clip(clip_l, clip_g,
+    t5)) or "flux" (FluxTokenizer + flux_clip: T5 sequence, CLIP-L pooled). float32, weights from ``seed``."""
+    import torch
+    import comfy.sd
+    import comfy.supported_models_base
+    import comfy.text_encoders.flux as flux_te
+    import comfy.text_encoders.sd3_clip as sd3_te
+
+    options = {"clip_l_model_config": dict(TINY_CLIP_L), "clip_g_model_config": dict(TINY_CLIP_G),
+               "dtype": torch.float32}
+    if family == "sd3":
+        target = comfy.supported_models_base.ClipTarget(
+            sd3_te.SD3Tokenizer, sd3_te.sd3_clip(clip_l=True, clip_g=True, t5=t5, dtype_t5=torch.float32))
+        options["t5xxl_model_config"] = _tiny_t5(4096)
+    elif family == "flux":
+        target = comfy.supported_models_base.ClipTarget(flux_te.FluxTokenizer,
+                                                        flux_te.flux_clip(dtype_t5=torch.float32))
+        options["t5xxl_model_config"] = _tiny_t5(TINY_FLUX_CONTEXT)
+    else:
+        raise ValueError(f"unknown MMDiT family {family!r}: 'sd3' or 'flux'")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)  # T5's relative attention bias and CLIP's position ids are created, not reset
+        clip = comfy.sd.CLIP(target, model_options=options)
+    with torch.no_grad():
+        for module in clip.cond_stage_model.modules():
+            # T5's own RMS layer norm is no torch.nn class (nothing resets it) and holds torch.empty memory
+            if type(module).__name__ == "T5LayerNorm":
+                module.weight.fill_(1.0)
+    init_module_weights(clip.cond_stage_model, seed)
+    return clip
