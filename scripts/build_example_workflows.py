@@ -126,9 +126,11 @@ class Graph:
 # The UUID namespace of this pack's example workflows: ids are uuid5(namespace, file name), stable across rebuilds.
 WORKFLOW_ID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://github.com/comfyui-pix2pix-zero/example_workflows")
 
-# The window a workflow must fit when it opens: 1280 x 720, less the frontend's top bar (menu and workflow tabs,
-# about 80 px in 1.27 and 1.35) and its left side bar (about 50 px), with a margin.
-VIEW = {"width": 1280, "height": 720, "left": 70, "top": 100, "right": 20, "bottom": 20}
+# Where a workflow must fit when it opens, in canvas pixels, for a 1280 x 720 window: frontend 1.27 puts its canvas
+# below the 40 px top bar and right of the 40 px side bar (1240 x 680); 1.35 gives the canvas the whole window but
+# draws the workflow tabs and the Run button (down to about 85 px) and a 56 px side bar over it. This box is clear
+# in both, with a margin.
+VIEW = {"width": 1240, "height": 680, "left": 60, "top": 90, "right": 20, "bottom": 20}
 TITLE_HEIGHT = 30  # LiteGraph draws a node's title bar above its pos
 
 
@@ -172,15 +174,15 @@ def caption_and_invert(g, ckpt, y=0):
     g.link(image, 0, scaled, "image")
     blip = g.node("P2PZ_BLIPCaption", (680, y + 160), {"blip_model": "blip-image-captioning-base"}, size=(320, 220))
     g.link(scaled, 0, blip, "image")
-    show = g.node("PreviewAny", (1040, y + 420), size=(300, 100), title="Caption")
+    show = g.node("PreviewAny", (1040, y + 420), size=(300, 120), title="Caption")
     g.link(blip, 0, show, "source")
-    caption = g.node("P2PZ_EncodeCaptions", (1040, y + 160), size=(300, 60))
+    caption = g.node("P2PZ_EncodeCaptions", (1040, y + 160), size=(330, 60))
     g.link(ckpt, 1, caption, "clip")
     g.link(blip, 0, caption, "captions")
     latent = g.node("VAEEncode", (680, y + 420), size=(220, 50))
     g.link(scaled, 0, latent, "pixels")
     g.link(ckpt, 2, latent, "vae")
-    invert = g.node("P2PZ_InvertLatent", (1380, y + 160), {"steps": 50}, size=(320, 280))
+    invert = g.node("P2PZ_InvertLatent", (1380, y + 160), {"steps": 50}, size=(340, 280))
     g.link(ckpt, 0, invert, "model")
     g.link(caption, 0, invert, "conditioning")
     g.link(latent, 0, invert, "latent")
@@ -189,23 +191,23 @@ def caption_and_invert(g, ckpt, y=0):
 
 def edit_and_save(g, ckpt, caption, start, direction, x=1740, y=0, lambda_xa=0.1, negative=None, prefix="edited"):
     edit = g.node("P2PZ_GuidedEdit", (x, y + 160), {"steps": 50, "cfg": 5.0, "lambda_xa": lambda_xa},
-                  size=(340, 300))
+                  size=(390, 300))
     g.link(ckpt, 0, edit, "model")
     g.link(caption, 0, edit, "positive")
     g.link(start, 0, edit, "inverted_latent")
     g.link(direction, 0, edit, "direction")
     if negative is not None:
         g.link(negative, 0, edit, "negative")
-    decoded = g.node("VAEDecode", (x + 380, y + 160), size=(220, 50))
+    decoded = g.node("VAEDecode", (x + 420, y + 160), size=(220, 50))
     g.link(edit, 0, decoded, "samples")
     g.link(ckpt, 2, decoded, "vae")
-    save = g.node("SaveImage", (x + 640, y + 160), {"filename_prefix": f"pix2pix-zero/{prefix}"},
+    save = g.node("SaveImage", (x + 680, y + 160), {"filename_prefix": f"pix2pix-zero/{prefix}"},
                          size=(360, 400))
     g.link(decoded, 0, save, "images")
-    recon = g.node("VAEDecode", (x + 380, y + 480), size=(220, 50), title="VAE Decode (reconstruction)")
+    recon = g.node("VAEDecode", (x + 420, y + 480), size=(240, 50), title="VAE Decode (reconstruction)")
     g.link(edit, 1, recon, "samples")
     g.link(ckpt, 2, recon, "vae")
-    preview = g.node("PreviewImage", (x + 640, y + 600), size=(360, 360), title="Reconstruction")
+    preview = g.node("PreviewImage", (x + 680, y + 600), size=(360, 360), title="Reconstruction")
     g.link(recon, 0, preview, "images")
     return edit
 
@@ -220,7 +222,7 @@ def real_photo(defs, classes):
     ckpt = checkpoint(g)
     caption, invert = caption_and_invert(g, ckpt)
     direction = g.node("P2PZ_BuildDirection", (1380, 480), {"source": "cat", "target": "dog", "count": 1000},
-                       size=(320, 300))
+                       size=(320, 360))
     g.link(ckpt, 1, direction, "clip")
     edit_and_save(g, ckpt, caption, invert, direction, prefix="cat_to_dog")
     g.write(REAL_PHOTO, "Edit a photo: cat -> dog")
@@ -241,7 +243,7 @@ def synthetic(defs, classes):
     noise = g.node("P2PZ_NoiseLatent", (360, 360), {"width": 512, "height": 512, "steps": 50}, size=(320, 200))
     g.link(ckpt, 0, noise, "model")
     direction = g.node("P2PZ_BuildDirection", (800, 360), {"source": "cat", "target": "dog", "count": 1000},
-                       size=(320, 300))
+                       size=(320, 360))
     g.link(ckpt, 1, direction, "clip")
     edit_and_save(g, ckpt, prompt, noise, direction, x=1160, y=-160, lambda_xa=0.15, negative=negative,
                   prefix="synthetic_cat_to_dog")
@@ -256,7 +258,7 @@ def direction_build_and_save(defs, classes):
            f"({REUSE_DIRECTION}).", (0, -220), size=(520, 180), title="Build a direction once")
     ckpt = checkpoint(g)
     direction = g.node("P2PZ_BuildDirection", (360, 0), {"source": "cat", "target": "dog", "count": 1000},
-                       size=(320, 300))
+                       size=(320, 360))
     g.link(ckpt, 1, direction, "clip")
     save = g.node("P2PZ_SaveDirection", (720, 0), {"name": "cat_to_dog"}, size=(320, 100))
     g.link(direction, 0, save, "direction")
