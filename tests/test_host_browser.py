@@ -241,13 +241,15 @@ def test_template_browser_shows_every_example_with_its_thumbnail(browser, server
         statuses = [s for u, s in browser.responses.items() if u.endswith(url)]
         assert statuses == [200], f"thumbnail of {name}: responses {statuses} for {url}"
     page.screenshot(path=os.path.join(screenshots, "template_browser.png"))
-    page.keyboard.press("Escape")
-    page.wait_for_function("() => !document.querySelector('[role=dialog]')", timeout=10_000)
 
-    # Each card opens its workflow as cleanly as drag and drop does.
-    for name, path in zip(NAMES, WORKFLOWS):
+    # Each card opens its workflow (and closes the browser) as cleanly as drag and drop does. The first card is
+    # clicked in the browser still open from above (1.35's browser does not close on Escape).
+    for i, (name, path) in enumerate(zip(NAMES, WORKFLOWS)):
         before = len(browser.alerts)
-        _open_template_browser(page).get_by_text(name, exact=True).first.click(timeout=30_000)
+        if i > 0:
+            dialog = _open_template_browser(page)
+        dialog.get_by_text(name, exact=True).first.click(timeout=30_000)
+        page.wait_for_function("() => !document.querySelector('[role=dialog]')", timeout=30_000)
         page.wait_for_function("(n) => (app.graph.nodes ?? app.graph._nodes).length === n",
                                arg=len(json.load(open(path, encoding="utf-8"))["nodes"]), timeout=30_000)
         page.wait_for_timeout(800)
