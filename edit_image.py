@@ -3,7 +3,7 @@
     python edit_image.py                      # the bundled cat photo (assets/cat.jpg) into a dog
     python edit_image.py photo.png --source cat --target dog --output dog.png
 
-It runs example_workflows/pix2pix_zero_real_photo.json (BLIP caption, regularized inversion, edit direction,
+It runs example_workflows/pix2pix_zero_1_edit_a_photo.json (BLIP caption, regularized inversion, edit direction,
 cross-attention-guided edit) exactly as ComfyUI would, with the given photo, words and checkpoint, shows each node
 and a progress bar, and writes the edited image: to --output, else to ComfyUI's output folder as
 pix2pix_zero/<source>_to_<target>_00001.png (the next free number). ComfyUI is found from --comfyui, else
@@ -22,7 +22,7 @@ import tempfile
 import time
 
 PACK_DIR = os.path.dirname(os.path.abspath(__file__))
-DEFAULT_WORKFLOW = os.path.join(PACK_DIR, "example_workflows", "pix2pix_zero_real_photo.json")
+DEFAULT_WORKFLOW = os.path.join(PACK_DIR, "example_workflows", "pix2pix_zero_1_edit_a_photo.json")
 DEFAULT_IMAGE = os.path.join(PACK_DIR, "assets", "cat.jpg")  # the authors' cat_1.png (MIT), see assets/
 DEFAULT_CHECKPOINT = "v1-5-pruned-emaonly-fp16.safetensors"  # what the example workflow loads
 OUTPUT_SUBFOLDER = "pix2pix_zero"  # in ComfyUI's output folder, when no --output is given

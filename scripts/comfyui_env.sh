@@ -11,7 +11,8 @@
 # The virtualenv gets torch and torchvision from the index (a CUDA build runs fine on the CPU; the machines here cap
 # them at 2.14.1 and 0.29.1), ComfyUI's requirements without torchaudio (the index's torchaudio breaks transformers
 # imports when its CUDA build differs from torch's: ComfyUI only logs that its audio nodes are missing), then this
-# pack's requirements and what its tests use: diffusers (parity tests) and pytest.
+# pack's requirements and what its tests use: diffusers (parity tests), pytest, and playwright (the browser test drives
+# the system's chromium with it; `playwright install` is never run).
 set -euo pipefail
 here="$(cd "$(dirname "$0")/.." && pwd)"
 
@@ -47,7 +48,7 @@ make_venv() {
   "$py" -m pip install -q torch==2.14.1 torchvision==0.29.1
   grep -vE '^\s*(torch|torchvision|torchaudio)\s*$' "$comfyui/requirements.txt" > "$venv/comfyui-requirements.txt"
   "$py" -m pip install -q -r "$venv/comfyui-requirements.txt"
-  "$py" -m pip install -q -r "$here/requirements.txt" diffusers==0.42.1 pytest
+  "$py" -m pip install -q -r "$here/requirements.txt" diffusers==0.42.1 pytest playwright
   echo "virtualenv $venv for ComfyUI $comfyui"
 }
 

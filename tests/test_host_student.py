@@ -262,14 +262,14 @@ def _ui_to_api(workflow, node_classes):
 
 
 def test_example_workflow_runs(comfy, pack_nodes, students_dir):
-    """example_workflows/student_apply.json, converted to the API format, runs as shipped once its student file and
+    """example_workflows/pix2pix_zero_5_fast_student.json, converted to the API format, runs as shipped once its student file and
     image exist (LoadImage -> P2PZ_LoadStudent -> P2PZ_ApplyStudent -> SaveImage)."""
     import json
 
     import nodes
 
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    with open(os.path.join(root, "example_workflows", "student_apply.json")) as f:
+    with open(os.path.join(root, "example_workflows", "pix2pix_zero_5_fast_student.json")) as f:
         workflow = json.load(f)
     assert workflow["version"] == 0.4 and workflow["last_node_id"] == max(n["id"] for n in workflow["nodes"])
     assert workflow["last_link_id"] == max(link[0] for link in workflow["links"])
