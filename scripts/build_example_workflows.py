@@ -10,8 +10,10 @@ What the frontend needs from a template (ComfyUI serves every ``example_workflow
 ``/api/workflow_templates/<pack>/<name>.json`` and lists the names at ``/workflow_templates``):
 - the frontend's workflow zod schema: a UUID ``id`` (a name raises "Invalid uuid at id" when the file is opened), and
   schema ``version`` 0.4. The id is uuid5 of the file name, so rebuilding writes the same file;
-- ``extra.ds`` (scale, offset): the view the workflow opens with; computed so every node, notes included, fits a
-  1280 x 720 window below the frontend's top bar;
+- ``extra.ds`` (scale, offset): the view the workflow opens with; computed (framed_view) so every node, notes
+  included, fits a 1280 x 720 window clear of the frontend's bars and of the minimap it shows by default in the
+  bottom-right corner, at a scale where LiteGraph still draws text (at least MIN_SCALE; the layouts are compact
+  enough for that: rows that read left to right, the bottom-right corner left empty);
 - the template browser shows the file name as the card's title and fetches ``<name>.jpg`` next to the .json as its
   thumbnail (drawn here from the workflow's own graph with Pillow). Cards are listed in the server's order (a
   directory listing) or, in newer frontends, sorted by name: the numbered file names give the reading order.
@@ -104,13 +106,17 @@ class Graph:
         if title:
             node["title"] = title
         self.nodes.append(node)
+        return node
 
     def write(self, file_name, headline):
         """Write ``file_name`` and its thumbnail ``<name>.jpg``; ``headline`` is the thumbnail's caption."""
+        view = framed_view(self.nodes)
+        if view["scale"] < MIN_SCALE:
+            raise ValueError(f"{file_name} would open at scale {view['scale']} (< {MIN_SCALE}): lay it out tighter")
         # Sockets that stayed unconnected are listed with link null, as the frontend saves them.
         workflow = {"id": workflow_id(file_name), "revision": 0, "last_node_id": len(self.nodes),
                     "last_link_id": len(self.links), "nodes": self.nodes, "links": self.links, "groups": [],
-                    "config": {}, "extra": {"ds": framed_view(self.nodes)}, "version": 0.4}
+                    "config": {}, "extra": {"ds": view}, "version": 0.4}
         path = os.path.join(OUT_DIR, file_name)
         with open(path, "w", encoding="utf-8") as f:
             json.dump(workflow, f, indent=2)
@@ -126,179 +132,252 @@ class Graph:
 # The UUID namespace of this pack's example workflows: ids are uuid5(namespace, file name), stable across rebuilds.
 WORKFLOW_ID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://github.com/comfyui-pix2pix-zero/example_workflows")
 
-# Where a workflow must fit when it opens, in canvas pixels, for a 1280 x 720 window: frontend 1.27 puts its canvas
-# below the 40 px top bar and right of the 40 px side bar (1240 x 680); 1.35 gives the canvas the whole window but
-# draws the workflow tabs and the Run button (down to about 85 px) and a 56 px side bar over it. This box is clear
-# in both, with a margin.
-VIEW = {"width": 1240, "height": 680, "left": 60, "top": 90, "right": 20, "bottom": 20}
+# Where a workflow may be drawn when it opens in a 1280 x 720 window, in canvas pixels (LiteGraph draws graph point p
+# at (p + offset) * scale; the canvas is the whole window in frontend 1.35 and the window less the 40 px top and side
+# bars in 1.27). Measured in both frontends (document.elementFromPoint over the window, and the minimap's
+# getBoundingClientRect), each with an 8 px margin:
+# - the canvas: 1240 x 680 in 1.27; the side bar (64 px) in 1.35;
+# - 1.35 draws the workflow tabs (top 40 px), the workflow's name (left, to x 256) and the Run bar (right, from
+#   x 946) down to y 84 over its canvas; 1.27 draws its tabs (to x 240, y 38 in canvas pixels) over its canvas;
+# - the minimap, shown by default (1.27: always; 1.35: from 1024 px wide), with the zoom toolbar under it, covers the
+#   bottom-right corner: 1.27 from canvas (922, 414) (the minimap at 946..1196 x 414..614, the toolbar at 922..1218
+#   x 626..660), 1.35 from (1026, 462) to the window's corner.
+CANVAS = (72, 46, 1232, 672)  # x0, y0, x1, y1
+KEEP_CLEAR = [
+    (0, 0, 264, 92),  # 1.35: the workflow's name; 1.27: its tabs
+    (938, 0, 1280, 92),  # 1.35: the Run bar
+    (914, 406, 1280, 720),  # the minimap and the zoom toolbar (1.27 and 1.35)
+]
+# Below this scale LiteGraph draws nodes as boxes without text: LGraphCanvas.updateLowQualityThreshold,
+# min_font_size_for_lod / (LiteGraph.NODE_TEXT_SIZE * sqrt(devicePixelRatio)) = 8 / 14 = 0.571 (setting
+# LiteGraph.Canvas.MinFontSizeForLOD, default 8, in both 1.27.10 and 1.35.9). The examples open at least at this.
+MIN_SCALE = 0.65
 TITLE_HEIGHT = 30  # LiteGraph draws a node's title bar above its pos
+GAP_X, GAP_Y = 30, 20  # between columns, between the nodes of a column
 
 
 def workflow_id(file_name):
     return str(uuid.uuid5(WORKFLOW_ID_NAMESPACE, file_name))
 
 
-def node_bounds(nodes):
-    """(x0, y0, x1, y1) in graph units around every node, title bars included."""
-    x0 = min(n["pos"][0] for n in nodes)
-    y0 = min(n["pos"][1] - TITLE_HEIGHT for n in nodes)
-    x1 = max(n["pos"][0] + n["size"][0] for n in nodes)
-    y1 = max(n["pos"][1] + n["size"][1] for n in nodes)
-    return x0, y0, x1, y1
+def node_rects(nodes):
+    """(x0, y0, x1, y1) in graph units of every node, title bar included."""
+    return [(n["pos"][0], n["pos"][1] - TITLE_HEIGHT, n["pos"][0] + n["size"][0], n["pos"][1] + n["size"][1])
+            for n in nodes]
+
+
+def _fits(rects, scale, ox, oy):
+    x0, y0, x1, y1 = CANVAS
+    for a, b, c, d in rects:
+        a, b, c, d = (a + ox) * scale, (b + oy) * scale, (c + ox) * scale, (d + oy) * scale
+        if a < x0 or b < y0 or c > x1 or d > y1:
+            return False
+        if any(a < k2 and c > k0 and b < k3 and d > k1 for k0, k1, k2, k3 in KEEP_CLEAR):
+            return False
+    return True
 
 
 def framed_view(nodes):
-    """``extra.ds`` that shows every node inside VIEW: LiteGraph draws graph point p at (p + offset) * scale."""
-    x0, y0, x1, y1 = node_bounds(nodes)
-    width = VIEW["width"] - VIEW["left"] - VIEW["right"]
-    height = VIEW["height"] - VIEW["top"] - VIEW["bottom"]
-    scale = min(1.0, width / (x1 - x0), height / (y1 - y0))
-    scale = math.floor(scale * 100) / 100  # a round number, rounded down so the fit still holds
-    # Centre the graph in the free area.
-    cx = VIEW["left"] + width / 2
-    cy = VIEW["top"] + height / 2
-    offset = [round(cx / scale - (x0 + x1) / 2, 1), round(cy / scale - (y0 + y1) / 2, 1)]
-    return {"scale": scale, "offset": offset}
+    """``extra.ds``: the largest round scale (at most 1) at which every node fits CANVAS clear of KEEP_CLEAR, and the
+    offset in the middle of those that fit."""
+    rects = node_rects(nodes)
+    bx0, by0 = min(r[0] for r in rects), min(r[1] for r in rects)
+    bx1, by1 = max(r[2] for r in rects), max(r[3] for r in rects)
+    for step in range(100, 9, -1):
+        scale = step / 100
+        # Offsets that keep the bounding box in CANVAS, on a 2-pixel grid.
+        fits = [(ox, oy)
+                for sx in range(math.ceil(CANVAS[0] - bx0 * scale), math.floor(CANVAS[2] - bx1 * scale) + 1, 2)
+                for sy in range(math.ceil(CANVAS[1] - by0 * scale), math.floor(CANVAS[3] - by1 * scale) + 1, 2)
+                for ox, oy in [(sx / scale, sy / scale)] if _fits(rects, scale, ox, oy)]
+        if fits:
+            mx, my = sum(f[0] for f in fits) / len(fits), sum(f[1] for f in fits) / len(fits)
+            ox, oy = min(fits, key=lambda f: (f[0] - mx) ** 2 + (f[1] - my) ** 2)
+            return {"scale": scale, "offset": [round(ox, 1), round(oy, 1)]}
+    raise ValueError("the workflow does not fit a 1280 x 720 window")
 
 
-def checkpoint(g, pos=(0, 0)):
-    return g.node("CheckpointLoaderSimple", pos, {"ckpt_name": SD15["name"]}, size=(320, 100),
+def column(x, y, nodes, gap=GAP_Y):
+    """Stack ``nodes`` top-down from (x, y) (y: the top of the first title bar); returns the column's right edge."""
+    for n in nodes:
+        n["pos"] = [x, y + TITLE_HEIGHT]
+        y += TITLE_HEIGHT + n["size"][1] + gap
+    return x + max(n["size"][0] for n in nodes)
+
+
+def columns(x, y, cols, gap=GAP_X):
+    """Columns side by side from (x, y), left to right; returns the right edge of the last."""
+    for col in cols:
+        x = column(x, y, col) + gap
+    return x - gap
+
+
+def bottom(nodes):
+    return max(n["pos"][1] + n["size"][1] for n in nodes)
+
+
+def checkpoint(g):
+    return g.node("CheckpointLoaderSimple", (0, 0), {"ckpt_name": SD15["name"]}, size=(300, 100),
                   properties={"models": [SD15]})
 
 
-def caption_and_invert(g, ckpt, y=0):
-    """LoadImage -> 512x512 -> BLIP caption -> caption conditioning; VAEEncode -> InvertLatent."""
-    image = g.node("LoadImage", (0, y + 160), {"image": "example.png"}, size=(320, 320))
-    scaled = g.node("ImageScale", (360, y + 160), {"upscale_method": "lanczos", "width": 512, "height": 512,
-                                                     "crop": "center"}, size=(280, 130))
+def caption_and_invert(g, ckpt):
+    """LoadImage -> 512x512 -> BLIP caption -> caption conditioning; VAEEncode -> InvertLatent. Returns the nodes by
+    role (placed by photo_layout)."""
+    image = g.node("LoadImage", (0, 0), {"image": "example.png"}, size=(300, 270))
+    scaled = g.node("ImageScale", (0, 0), {"upscale_method": "lanczos", "width": 512, "height": 512,
+                                          "crop": "center"}, size=(230, 130))
     g.link(image, 0, scaled, "image")
-    blip = g.node("P2PZ_BLIPCaption", (680, y + 160), {"blip_model": "blip-image-captioning-base"}, size=(320, 220))
+    blip = g.node("P2PZ_BLIPCaption", (0, 0), {"blip_model": "blip-image-captioning-base"}, size=(250, 180))
     g.link(scaled, 0, blip, "image")
-    show = g.node("PreviewAny", (1040, y + 420), size=(300, 120), title="Caption")
+    show = g.node("PreviewAny", (0, 0), size=(250, 120), title="Caption")
     g.link(blip, 0, show, "source")
-    caption = g.node("P2PZ_EncodeCaptions", (1040, y + 160), size=(330, 60))
+    caption = g.node("P2PZ_EncodeCaptions", (0, 0), size=(345, 50))
     g.link(ckpt, 1, caption, "clip")
     g.link(blip, 0, caption, "captions")
-    latent = g.node("VAEEncode", (680, y + 420), size=(220, 50))
+    latent = g.node("VAEEncode", (0, 0), size=(230, 50))
     g.link(scaled, 0, latent, "pixels")
     g.link(ckpt, 2, latent, "vae")
-    invert = g.node("P2PZ_InvertLatent", (1380, y + 160), {"steps": 50}, size=(340, 280))
+    invert = g.node("P2PZ_InvertLatent", (0, 0), {"steps": 50}, size=(345, 270))
     g.link(ckpt, 0, invert, "model")
     g.link(caption, 0, invert, "conditioning")
     g.link(latent, 0, invert, "latent")
-    return caption, invert
+    return {"image": image, "scaled": scaled, "blip": blip, "show": show, "caption": caption, "latent": latent,
+            "invert": invert}
 
 
-def edit_and_save(g, ckpt, caption, start, direction, x=1740, y=0, lambda_xa=0.1, negative=None, prefix="edited"):
-    edit = g.node("P2PZ_GuidedEdit", (x, y + 160), {"steps": 50, "cfg": 5.0, "lambda_xa": lambda_xa},
-                  size=(390, 300))
+def edit_and_save(g, ckpt, caption, start, direction, lambda_xa=0.1, negative=None, prefix="edited"):
+    """GuidedEdit -> VAEDecode -> SaveImage, and its reconstruction -> PreviewImage. Returns the nodes by role."""
+    edit = g.node("P2PZ_GuidedEdit", (0, 0), {"steps": 50, "cfg": 5.0, "lambda_xa": lambda_xa}, size=(390, 260))
     g.link(ckpt, 0, edit, "model")
     g.link(caption, 0, edit, "positive")
     g.link(start, 0, edit, "inverted_latent")
     g.link(direction, 0, edit, "direction")
     if negative is not None:
         g.link(negative, 0, edit, "negative")
-    decoded = g.node("VAEDecode", (x + 420, y + 160), size=(220, 50))
+    decoded = g.node("VAEDecode", (0, 0), size=(240, 50))
     g.link(edit, 0, decoded, "samples")
     g.link(ckpt, 2, decoded, "vae")
-    save = g.node("SaveImage", (x + 680, y + 160), {"filename_prefix": f"pix2pix-zero/{prefix}"},
-                         size=(360, 400))
+    save = g.node("SaveImage", (0, 0), {"filename_prefix": f"pix2pix-zero/{prefix}"}, size=(240, 180))
     g.link(decoded, 0, save, "images")
-    recon = g.node("VAEDecode", (x + 420, y + 480), size=(240, 50), title="VAE Decode (reconstruction)")
+    recon = g.node("VAEDecode", (0, 0), size=(240, 50), title="VAE Decode (reconstruction)")
     g.link(edit, 1, recon, "samples")
     g.link(ckpt, 2, recon, "vae")
-    preview = g.node("PreviewImage", (x + 680, y + 600), size=(360, 360), title="Reconstruction")
+    preview = g.node("PreviewImage", (0, 0), size=(240, 160), title="Reconstruction")
     g.link(recon, 0, preview, "images")
-    return edit
+    return {"edit": edit, "decoded": decoded, "save": save, "recon": recon, "preview": preview}
+
+
+def photo_layout(note, ckpt, prep, direction, out):
+    """Two rows that read left to right, top then bottom, clear of the minimap's bottom-right corner: the note, the
+    checkpoint and the photo in a first column; the caption and inversion row, ending in the edit direction; the
+    edit row under it (its image nodes stacked, so the row stays short)."""
+    x = column(0, 0, [note, ckpt, prep["image"]]) + GAP_X
+    right = columns(x, 0, [[prep["scaled"], prep["latent"]], [prep["blip"], prep["show"]],
+                           [prep["caption"], prep["invert"]], [direction]])
+    top_row = [prep[k] for k in ("scaled", "latent", "blip", "show", "caption", "invert")] + [direction]
+    columns(x, bottom(top_row) + 2 * GAP_Y, [[out["edit"]], [out["decoded"], out["recon"]],
+                                             [out["save"], out["preview"]]])
+    return right
 
 
 def real_photo(defs, classes):
     g = Graph(defs, classes)
-    g.note("## pix2pix-zero: edit a photo (cat -> dog)\n\n1. Put the checkpoint (SD 1.5) in `models/checkpoints`.\n"
-           "2. Load your photo (it is resized to 512 x 512).\n3. Set **source** and **target** in Build Edit "
-           "Direction.\n\nBLIP writes the caption (downloaded into `models/blip/` on first use); the photo is "
-           "inverted, and the guided sampler edits it while holding its cross-attention maps to the "
-           "reconstruction's, so the structure stays.", (0, -240), size=(520, 220), title="Start here: edit a photo")
+    note = g.note("## pix2pix-zero: edit a photo (cat -> dog)\n\n1. Put the checkpoint (SD 1.5) in `models/checkpoints`.\n"
+                  "2. Load your photo (it is resized to 512 x 512).\n3. Set **source** and **target** in Build Edit "
+                  "Direction.\n\nBLIP writes the caption (downloaded into `models/blip/` on first use); the photo is "
+                  "inverted, and the guided sampler edits it while holding its cross-attention maps to the "
+                  "reconstruction's, so the structure stays.", (0, 0), size=(300, 260),
+                  title="Start here: edit a photo")
     ckpt = checkpoint(g)
-    caption, invert = caption_and_invert(g, ckpt)
-    direction = g.node("P2PZ_BuildDirection", (1380, 480), {"source": "cat", "target": "dog", "count": 1000},
-                       size=(320, 360))
+    prep = caption_and_invert(g, ckpt)
+    direction = g.node("P2PZ_BuildDirection", (0, 0), {"source": "cat", "target": "dog", "count": 1000},
+                       size=(270, 360))
     g.link(ckpt, 1, direction, "clip")
-    edit_and_save(g, ckpt, caption, invert, direction, prefix="cat_to_dog")
+    out = edit_and_save(g, ckpt, prep["caption"], prep["invert"], direction, prefix="cat_to_dog")
+    photo_layout(note, ckpt, prep, direction, out)
     g.write(REAL_PHOTO, "Edit a photo: cat -> dog")
 
 
 def synthetic(defs, classes):
+    """One row, left to right: note, checkpoint and direction; the prompts and x_T; the edit; decode; save."""
     g = Graph(defs, classes)
-    g.note("## pix2pix-zero: generate, then edit (synthetic image)\n\nNoise Latent draws x_T; the guided sampler's "
-           "**reconstruction** is the image generated from the prompt and its **edited** output the same image "
-           "with cat -> dog. As the authors: lambda_xa 0.15, cfg 5, empty negative prompt.", (0, -240),
-           size=(520, 180), title="Generate, then edit")
+    note = g.note("## pix2pix-zero: generate, then edit (synthetic image)\n\nNoise Latent draws x_T; the guided "
+                  "sampler's **reconstruction** is the image generated from the prompt and its **edited** output the "
+                  "same image with cat -> dog. As the authors: lambda_xa 0.15, cfg 5, empty negative prompt.", (0, 0),
+                  size=(300, 230), title="Generate, then edit")
     ckpt = checkpoint(g)
-    prompt = g.node("CLIPTextEncode", (360, 0), {"text": "a photo of a cat sitting on a wooden bench in a park"},
-                    size=(400, 160))
+    prompt = g.node("CLIPTextEncode", (0, 0), {"text": "a photo of a cat sitting on a wooden bench in a park"},
+                    size=(350, 120))
     g.link(ckpt, 1, prompt, "clip")
-    negative = g.node("CLIPTextEncode", (360, 200), {"text": ""}, size=(400, 120), title="Negative (empty)")
+    negative = g.node("CLIPTextEncode", (0, 0), {"text": ""}, size=(350, 90), title="Negative (empty)")
     g.link(ckpt, 1, negative, "clip")
-    noise = g.node("P2PZ_NoiseLatent", (360, 360), {"width": 512, "height": 512, "steps": 50}, size=(320, 200))
+    noise = g.node("P2PZ_NoiseLatent", (0, 0), {"width": 512, "height": 512, "steps": 50}, size=(350, 180))
     g.link(ckpt, 0, noise, "model")
-    direction = g.node("P2PZ_BuildDirection", (800, 360), {"source": "cat", "target": "dog", "count": 1000},
-                       size=(320, 360))
+    direction = g.node("P2PZ_BuildDirection", (0, 0), {"source": "cat", "target": "dog", "count": 1000},
+                       size=(300, 360))
     g.link(ckpt, 1, direction, "clip")
-    edit_and_save(g, ckpt, prompt, noise, direction, x=1160, y=-160, lambda_xa=0.15, negative=negative,
-                  prefix="synthetic_cat_to_dog")
+    out = edit_and_save(g, ckpt, prompt, noise, direction, lambda_xa=0.15, negative=negative,
+                        prefix="synthetic_cat_to_dog")
+    columns(0, 0, [[note, ckpt, direction], [prompt, negative, noise], [out["edit"]],
+                   [out["decoded"], out["recon"]], [out["save"], out["preview"]]])
     g.write(SYNTHETIC, "Generate, then edit: cat -> dog")
 
 
 def direction_build_and_save(defs, classes):
     g = Graph(defs, classes)
-    g.note("## Build an edit direction once and save it\n\n1000 generated sentences per word, encoded with the "
+    note = g.note("## Build an edit direction once and save it\n\n1000 generated sentences per word, encoded with the "
            "checkpoint's text encoder. Saved as `models/pix2pix_zero_directions/cat_to_dog.safetensors` (an "
            "existing file is never replaced: `_2`, `_3` ... are added). Reuse it with Load Edit Direction "
-           f"({REUSE_DIRECTION}).", (0, -220), size=(520, 180), title="Build a direction once")
+           f"({REUSE_DIRECTION}).", (0, 0), size=(520, 180), title="Build a direction once")
     ckpt = checkpoint(g)
-    direction = g.node("P2PZ_BuildDirection", (360, 0), {"source": "cat", "target": "dog", "count": 1000},
+    direction = g.node("P2PZ_BuildDirection", (0, 0), {"source": "cat", "target": "dog", "count": 1000},
                        size=(320, 360))
     g.link(ckpt, 1, direction, "clip")
-    save = g.node("P2PZ_SaveDirection", (720, 0), {"name": "cat_to_dog"}, size=(320, 100))
+    save = g.node("P2PZ_SaveDirection", (0, 0), {"name": "cat_to_dog"}, size=(320, 100))
     g.link(direction, 0, save, "direction")
+    # The note over the checkpoint, then left to right.
+    column(0, 0, [note])
+    columns(0, bottom([note]) + GAP_Y, [[ckpt], [direction], [save]])
     g.write(BUILD_DIRECTION, "Build and save a direction")
 
 
 def direction_reuse(defs, classes):
     g = Graph(defs, classes)
-    g.note("## Edit a photo with a saved direction\n\nLoad Edit Direction lists "
+    note = g.note("## Edit a photo with a saved direction\n\nLoad Edit Direction lists "
            f"`models/pix2pix_zero_directions/*.safetensors` (save one with {BUILD_DIRECTION}). The "
-           "direction must come from the same text encoder as the checkpoint.", (0, -220), size=(520, 160),
+           "direction must come from the same text encoder as the checkpoint.", (0, 0), size=(300, 250),
            title="Edit with a saved direction")
     ckpt = checkpoint(g)
-    caption, invert = caption_and_invert(g, ckpt)
-    direction = g.node("P2PZ_LoadDirection", (1380, 480), {"direction_name": "cat_to_dog.safetensors"},
-                       size=(320, 80))
-    edit_and_save(g, ckpt, caption, invert, direction, prefix="saved_direction_edit")
+    prep = caption_and_invert(g, ckpt)
+    direction = g.node("P2PZ_LoadDirection", (0, 0), {"direction_name": "cat_to_dog.safetensors"},
+                       size=(270, 60))
+    out = edit_and_save(g, ckpt, prep["caption"], prep["invert"], direction, prefix="saved_direction_edit")
+    photo_layout(note, ckpt, prep, direction, out)
     g.write(REUSE_DIRECTION, "Edit a photo with a saved direction")
 
 
 def student_apply(defs, classes):
     """A trained student applied to a photo: LoadImage -> Load Student -> Apply Student -> SaveImage."""
     g = Graph(defs, classes)
-    image = g.node("LoadImage", (40, 200), {"image": "example.png"}, size=(320, 330))
-    student = g.node("P2PZ_LoadStudent", (40, 60), {"student_name": "cat_to_dog-step005000.safetensors"},
-                     size=(320, 82))
-    apply = g.node("P2PZ_ApplyStudent", (420, 60), size=(270, 50))
+    image = g.node("LoadImage", (0, 0), {"image": "example.png"}, size=(300, 290))
+    student = g.node("P2PZ_LoadStudent", (0, 0), {"student_name": "cat_to_dog-step005000.safetensors"},
+                     size=(300, 82))
+    apply = g.node("P2PZ_ApplyStudent", (0, 0), size=(290, 50))
     g.link(student, 0, apply, "student")
     g.link(image, 0, apply, "image")
-    save = g.node("SaveImage", (740, 60), {"filename_prefix": "pix2pix-zero/student"}, size=(420, 470))
+    save = g.node("SaveImage", (0, 0), {"filename_prefix": "pix2pix-zero/student"}, size=(300, 300))
     g.link(apply, 0, save, "images")
-    g.note("### pix2pix-zero fast student\n\nA student applies ONE edit (e.g. cat -> dog) in a single forward pass: "
+    note = g.note("### pix2pix-zero fast student\n\nA student applies ONE edit (e.g. cat -> dog) in a single forward pass: "
            "milliseconds on a GPU, about 0.1 s at 512 px on a CPU, instead of a diffusion edit per image.\n\n"
            "1. **Collect**: add *Save Pairs for a Student* after the pix2pix-zero editor (original + edited image); "
            "pairs go to `output/pix2pix_zero_pairs/<dataset>/`. A few hundred to thousands of pairs per edit.\n"
            "2. **Train**: `python custom_nodes/comfyui-pix2pix-zero/train_student.py "
            "output/pix2pix_zero_pairs/cat_to_dog --output models/pix2pix_zero_students` (or the *Train Student* "
            "node).\n3. **Load + apply**: pick the last checkpoint (`<name>-stepNNNNNN.safetensors`) below and "
-           "queue.\n\nAny image size works (padded to a multiple of 16 and cropped back).", (-400, 60),
+           "queue.\n\nAny image size works (padded to a multiple of 16 and cropped back).", (0, 0),
            size=(400, 420), title="How to get a student")
+    columns(0, 0, [[note], [student, image], [apply], [save]])
     g.write(STUDENT, "Fast student: one edit in one pass")
 
 
@@ -314,6 +393,9 @@ def main():
     # Model combos list what is installed here; the examples name the files users download.
     for build in (real_photo, synthetic, direction_build_and_save, direction_reuse, student_apply):
         build(defs, classes)
+    for name in (REAL_PHOTO, SYNTHETIC, BUILD_DIRECTION, REUSE_DIRECTION, STUDENT):
+        with open(os.path.join(OUT_DIR, name), encoding="utf-8") as f:
+            print(f"{name}: opens at scale {json.load(f)['extra']['ds']['scale']}")
 
 
 if __name__ == "__main__":
