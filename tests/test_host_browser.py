@@ -3,7 +3,9 @@ frontend in headless Chromium (Debian's `chromium`, driven by the `playwright` p
 used), tiny models under the example's own file names.
 
 - every example_workflows/*.json is opened through the frontend's drag-and-drop path (`app.handleFile`): no alert,
-  no toast or dialog, every node of a registered type, every node's title bar on screen in a 1280 x 720 window;
+  no toast or dialog, every node of a registered type, every node's title bar on screen in a 1280 x 720 window, at a
+  scale where the frontend draws text (not below its low-quality threshold) and, with the minimap on as by default,
+  no node under the minimap;
 - the template browser lists the pack's five templates, each card's thumbnail loads, and each card opens its
   workflow without complaint;
 - the photo example, shrunk in the page (64 px, 4 steps, 8 sentences), is queued with the Run path
@@ -140,10 +142,10 @@ def browser(server):
             page.wait_for_function("() => window.app && window.app.graph && window.LiteGraph && "
                                    "'P2PZ_GuidedEdit' in LiteGraph.registered_node_types", timeout=120_000)
             page.wait_for_timeout(1000)  # let start-up toasts and dialogs, if any, appear
-            # The minimap (on by default from 1024 px wide) floats over the canvas's bottom-right corner; a user
-            # closes it with its X. The framing is checked against the canvas itself, so close it as a user would
-            # (see the README). Set in the page: 1.27 throws at start-up when this setting arrives already false.
-            page.evaluate("() => app.extensionManager.setting.set('Comfy.Minimap.Visible', false)")
+            # The minimap floats over the canvas's bottom-right corner and is shown by default (1.27: always; 1.35: from
+            # 1024 px wide). The examples are framed clear of it, so it stays on, as a newcomer has it.
+            assert page.evaluate("() => app.extensionManager.setting.get('Comfy.Minimap.Visible')"), \
+                "the minimap is not shown by default: the check that no node is under it would prove nothing"
             assert not b.alerts, b.alerts
             # Frontend 1.27.10 throws once while it registers its own settings on every fresh start ("Cannot read
             # properties of undefined (reading 'id')" in Comfy.Canvas.NavigationMode's onChange), with or without
@@ -155,6 +157,27 @@ def browser(server):
             yield b
         finally:
             chromium.close()
+
+
+# LiteGraph draws nodes as boxes without text below this scale: LGraphCanvas.updateLowQualityThreshold sets
+# _lowQualityZoomThreshold = min_font_size_for_lod / (LiteGraph.NODE_TEXT_SIZE * sqrt(devicePixelRatio)), with the
+# setting LiteGraph.Canvas.MinFontSizeForLOD defaulting to 8 and NODE_TEXT_SIZE 14 in frontends 1.27.10 and 1.35.9
+# (comfyui_frontend_package's assets/index-*.js and GraphView-*.js). The test reads it from the page; this is the
+# fallback where a frontend does not expose it.
+LOW_QUALITY_THRESHOLD = 8 / 14
+
+
+def _view_report(page):
+    """The canvas's scale, the frontend's low-quality threshold (None where not exposed), and the minimap's rectangle
+    on screen (None where it is not shown)."""
+    return page.evaluate("""() => {
+        const c = app.canvas, t = c._lowQualityZoomThreshold;
+        const minimap = [...document.querySelectorAll('.minimap-main-container, .litegraph-minimap')]
+            .map(e => e.getBoundingClientRect()).find(r => r.width > 0 && r.height > 0);
+        return {scale: c.ds.scale, threshold: typeof t === 'number' && t > 0 ? t : null,
+                low_quality: c.low_quality ?? null,
+                minimap: minimap ? [minimap.left, minimap.top, minimap.right, minimap.bottom] : null};
+    }""")
 
 
 def _graph_report(page):
@@ -204,6 +227,17 @@ def _check_open_workflow(browser, path, where):
     if hidden:
         browser.page.screenshot(path=os.path.join(host_cache_dir(), "screenshots", "failed_view.png"))
     assert not hidden, f"{where}: nodes not (fully) on screen in a {VIEWPORT} window: {hidden}"
+    view = _view_report(browser.page)
+    threshold = view["threshold"] or LOW_QUALITY_THRESHOLD
+    assert view["scale"] >= threshold and not view["low_quality"], \
+        f"{where}: opens at scale {view['scale']}, below {threshold:.3f}, where nodes are drawn without text"
+    assert view["minimap"], f"{where}: the minimap is not shown"
+    m0, m1, m2, m3 = view["minimap"]
+    under = [f"{n['title']} at {n['rect']}" for n in nodes
+             if n["rect"][0] < m2 and n["rect"][2] > m0 and n["rect"][1] < m3 and n["rect"][3] > m1]
+    if under:
+        browser.page.screenshot(path=os.path.join(host_cache_dir(), "screenshots", "failed_view.png"))
+    assert not under, f"{where}: nodes under the minimap at {[round(v) for v in view['minimap']]}: {under}"
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=NAMES)
