@@ -141,12 +141,14 @@ WORKFLOW_ID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://github.com/comfy
 #   x 946) down to y 84 over its canvas; 1.27 draws its tabs (to x 240, y 38 in canvas pixels) over its canvas;
 # - the minimap, shown by default (1.27: always; 1.35: from 1024 px wide), with the zoom toolbar under it, covers the
 #   bottom-right corner: 1.27 from canvas (922, 414) (the minimap at 946..1196 x 414..614, the toolbar at 922..1218
-#   x 626..660), 1.35 from (1026, 462) to the window's corner.
+#   x 626..660), 1.35 from (1026, 462) to the window's corner;
+# - 1.35 writes its render info over the bottom-left corner (to x 120, from y 644); 1.27 under its side bar.
 CANVAS = (72, 46, 1232, 672)  # x0, y0, x1, y1
 KEEP_CLEAR = [
     (0, 0, 264, 92),  # 1.35: the workflow's name; 1.27: its tabs
     (938, 0, 1280, 92),  # 1.35: the Run bar
     (914, 406, 1280, 720),  # the minimap and the zoom toolbar (1.27 and 1.35)
+    (0, 636, 130, 720),  # 1.35: LiteGraph's render info (T:, I:, N:, V:, FPS:) drawn over the canvas's corner
 ]
 # Below this scale LiteGraph draws nodes as boxes without text: LGraphCanvas.updateLowQualityThreshold,
 # min_font_size_for_lod / (LiteGraph.NODE_TEXT_SIZE * sqrt(devicePixelRatio)) = 8 / 14 = 0.571 (setting
@@ -305,7 +307,7 @@ def synthetic(defs, classes):
     note = g.note("## pix2pix-zero: generate, then edit (synthetic image)\n\nNoise Latent draws x_T; the guided "
                   "sampler's **reconstruction** is the image generated from the prompt and its **edited** output the "
                   "same image with cat -> dog. As the authors: lambda_xa 0.15, cfg 5, empty negative prompt.", (0, 0),
-                  size=(300, 230), title="Generate, then edit")
+                  size=(300, 190), title="Generate, then edit")
     ckpt = checkpoint(g)
     prompt = g.node("CLIPTextEncode", (0, 0), {"text": "a photo of a cat sitting on a wooden bench in a park"},
                     size=(350, 120))
