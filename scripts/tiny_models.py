@@ -33,13 +33,14 @@ def _torch_reset_owner(module):
     return None
 
 
-def init_module_weights(module, seed):
+def init_module_weights(module, seed, check_finite=True):
     """Initialise every torch.nn layer inside ``module`` with torch's default init, deterministically from ``seed``.
 
     comfy.ops layers (disable_weight_init / manual_cast) skip initialisation and hold torch.empty memory, and their
     own reset_parameters does nothing, so the torch.nn base class's reset_parameters is called explicitly. Parameters
     owned directly by non-torch.nn modules (TAESD's vae_scale/vae_shift, CLIP's logit_scale) keep their constructor
-    values. The global RNG state is left untouched. Returns the module.
+    values. The global RNG state is left untouched. Returns the module. check_finite=False: the caller fills what
+    no init reaches (torch.empty memory, which may hold anything) and checks afterwards (tiny_mmdit_model).
     """
     import torch
     with torch.random.fork_rng(devices=[]), torch.no_grad():
@@ -48,7 +49,7 @@ def init_module_weights(module, seed):
             owner = _torch_reset_owner(m)
             if owner is not None:
                 owner.reset_parameters(m)
-    for name, p in module.named_parameters():
+    for name, p in module.named_parameters() if check_finite else ():
         if not torch.isfinite(p).all():
             raise RuntimeError(f"parameter {name} is not finite after init")
     return module
@@ -353,7 +354,8 @@ def tiny_mmdit_model(family, seed=0, out_scale=None):
     config.set_inference_dtype(torch.float32, None)
     with torch.inference_mode():
         model = config.get_model({})
-        init_module_weights(model.diffusion_model, seed)
+        # Flux's RMSNorm scales are torch.empty memory until _fill_mmdit_extras sets them (and then checks all)
+        init_module_weights(model.diffusion_model, seed, check_finite=False)
         _fill_mmdit_extras(model.diffusion_model)
         if out_scale is not None:
             final = model.diffusion_model.final_layer.linear
