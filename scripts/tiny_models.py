@@ -328,21 +328,23 @@ _FLUX_UNET = {"image_model": "flux", "in_channels": 16, "out_channels": 16, "vec
               "guidance_embed": False}
 
 
-def tiny_mmdit_model(family, seed=0, out_scale=None):
+def tiny_mmdit_model(family, seed=0, out_scale=None, x_self_attn_layers=()):
     """A tiny flow-matching MODEL in ComfyUI's real layout: ``family`` "sd3" (comfy.supported_models.SD3: MMDiT,
     ModelSamplingDiscreteFlow shift 3.0, SD3 latent format) or "flux" (comfy.supported_models.Flux: double + single
     stream blocks, ModelSamplingFlux, Flux latent format). Returns (MODEL, context width, pooled width). float32,
     weights deterministic from ``seed``; built under inference mode as ComfyUI's loaders build models.
 
     ``out_scale`` scales the final projection (the velocity head): ComfyUI zero-initialises nothing here, but torch's
-    default init gives velocities far below unit size on a tiny network; scale it to get trained-model-like ranges."""
+    default init gives velocities far below unit size on a tiny network; scale it to get trained-model-like ranges.
+    ``x_self_attn_layers`` (SD3 only): joint blocks with SD 3.5 Medium's extra image self-attention (MMDiT-X)."""
     import torch
     import comfy.model_management as mm
     import comfy.supported_models as sm
     from comfy.model_patcher import ModelPatcher
 
     if family == "sd3":
-        config, width, pooled = sm.SD3(dict(_SD3_UNET)), TINY_SD3_CONTEXT, TINY_SD3_POOLED
+        unet = dict(_SD3_UNET, x_block_self_attn_layers=list(x_self_attn_layers))
+        config, width, pooled = sm.SD3(unet), TINY_SD3_CONTEXT, TINY_SD3_POOLED
     elif family == "flux":
         unet = dict(_FLUX_UNET)
         from comfy.ldm.flux.model import FluxParams

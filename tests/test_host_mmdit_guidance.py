@@ -18,13 +18,19 @@ def _module(comfy, name):
     return sys.modules[f"{comfy.pack_module().__name__}.{name}"]
 
 
-@pytest.fixture(scope="module", params=FAMILIES)
+@pytest.fixture(scope="module", params=FAMILIES + ("sd35m",))
 def flow(request, comfy, pack_nodes):
-    model, width, pooled = tiny_models.tiny_mmdit_model(request.param, seed=7)
+    """(family, MODEL, caption, edited caption, negative). "sd35m": SD3 with SD 3.5 Medium's extra image
+    self-attention in its first joint block (MMDiT-X), a second attention call per block that is not joint."""
+    family = "sd3" if request.param == "sd35m" else request.param
+    extra = {"x_self_attn_layers": [0]} if request.param == "sd35m" else {}
+    model, width, pooled = tiny_models.tiny_mmdit_model(family, seed=7, **extra)
+    if extra:
+        assert model.model.diffusion_model.joint_blocks[0].x_block.x_block_self_attn
     cond = tiny_models.tiny_flow_conditioning(width, pooled, seed=1, scale=4.0)  # peaked maps (see tiny_conditioning)
     edited = tiny_models.tiny_flow_conditioning(width, pooled, seed=2, scale=4.0)
     negative = tiny_models.tiny_flow_conditioning(width, pooled, seed=3, scale=4.0)
-    return request.param, model, cond, edited, negative
+    return family, model, cond, edited, negative
 
 
 def _latent(batch=1, size=8, seed=0):
