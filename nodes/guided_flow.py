@@ -126,11 +126,14 @@ class _JointOverride:
 
 
 class _BlockTag:
-    """patches_replace["dit"] wrapper of one guided block (chained to the previous wrapper of that key)."""
+    """patches_replace["dit"] wrapper of one block up to the last guided one (chained to the previous wrapper of
+    that key): tags a guided block's transformer options while maps are wanted; in the gradient pass runs a Flux
+    block out of place (checkpointed), guided or not (the gradient flows through every block before the last guided
+    one), and stops the pass after the last guided block."""
 
-    def __init__(self, run, key, module, host_checkpoints, txt_first, previous=None):
+    def __init__(self, run, key, module, host_checkpoints, txt_first, previous=None, guided=True):
         self.run, self.key, self.module, self.previous = run, key, module, previous
-        self.host_checkpoints, self.txt_first = host_checkpoints, txt_first
+        self.host_checkpoints, self.txt_first, self.guided = host_checkpoints, txt_first, guided
 
     def __deepcopy__(self, memo):
         return self
@@ -139,10 +142,11 @@ class _BlockTag:
         run = self.run
         if not run.maps.wants_maps:
             return self.previous(args, extra) if self.previous is not None else extra["original_block"](args)
-        n_txt, n_img = args["txt"].shape[1], args["img"].shape[1]
-        options = dict(args.get("transformer_options") or {})
-        options[TAG_KEY] = (self.key, n_txt, n_img, self.txt_first)
-        args = dict(args, transformer_options=options)
+        if self.guided:
+            n_txt, n_img = args["txt"].shape[1], args["img"].shape[1]
+            options = dict(args.get("transformer_options") or {})
+            options[TAG_KEY] = (self.key, n_txt, n_img, self.txt_first)
+            args = dict(args, transformer_options=options)
         original = extra["original_block"]
         grad = torch.is_grad_enabled()
         if grad and not self.host_checkpoints:  # Flux (ComfyUI checkpoints SD 3.x's JointBlock itself)
@@ -243,9 +247,9 @@ def patched_flow_model(model, options):
     transformer_options = clone.model_options.setdefault("transformer_options", {})
     transformer_options[OVERRIDE_KEY] = _JointOverride(run, transformer_options.get(OVERRIDE_KEY))
     existing = transformer_options.get("patches_replace", {}).get("dit", {})
-    for key, module, host_checkpoints, txt_first in guided:
-        clone.set_model_patch_replace(_BlockTag(run, key, module, host_checkpoints, txt_first, existing.get(key)),
-                                      "dit", *key)
+    for key, module, host_checkpoints, txt_first in blocks[:blocks.index(guided[-1]) + 1]:
+        tag = _BlockTag(run, key, module, host_checkpoints, txt_first, existing.get(key), guided=key in run.guided_blocks)
+        clone.set_model_patch_replace(tag, "dit", *key)
     run.module = clone.model
     return clone, run
 

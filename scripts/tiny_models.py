@@ -328,7 +328,7 @@ _FLUX_UNET = {"image_model": "flux", "in_channels": 16, "out_channels": 16, "vec
               "guidance_embed": False}
 
 
-def tiny_mmdit_model(family, seed=0, out_scale=None, x_self_attn_layers=()):
+def tiny_mmdit_model(family, seed=0, out_scale=None, x_self_attn_layers=(), double_blocks=1):
     """A tiny flow-matching MODEL in ComfyUI's real layout: ``family`` "sd3" (comfy.supported_models.SD3: MMDiT,
     ModelSamplingDiscreteFlow shift 3.0, SD3 latent format) or "flux" (comfy.supported_models.Flux: double + single
     stream blocks, ModelSamplingFlux, Flux latent format). Returns (MODEL, context width, pooled width). float32,
@@ -336,7 +336,8 @@ def tiny_mmdit_model(family, seed=0, out_scale=None, x_self_attn_layers=()):
 
     ``out_scale`` scales the final projection (the velocity head): ComfyUI zero-initialises nothing here, but torch's
     default init gives velocities far below unit size on a tiny network; scale it to get trained-model-like ranges.
-    ``x_self_attn_layers`` (SD3 only): joint blocks with SD 3.5 Medium's extra image self-attention (MMDiT-X)."""
+    ``x_self_attn_layers`` (SD3 only): joint blocks with SD 3.5 Medium's extra image self-attention (MMDiT-X).
+    ``double_blocks`` (Flux only): how many double-stream blocks."""
     import torch
     import comfy.model_management as mm
     import comfy.supported_models as sm
@@ -346,7 +347,7 @@ def tiny_mmdit_model(family, seed=0, out_scale=None, x_self_attn_layers=()):
         unet = dict(_SD3_UNET, x_block_self_attn_layers=list(x_self_attn_layers))
         config, width, pooled = sm.SD3(unet), TINY_SD3_CONTEXT, TINY_SD3_POOLED
     elif family == "flux":
-        unet = dict(_FLUX_UNET)
+        unet = dict(_FLUX_UNET, depth=double_blocks)
         from comfy.ldm.flux.model import FluxParams
         if "txt_ids_dims" in getattr(FluxParams, "__dataclass_fields__", {}):
             unet["txt_ids_dims"] = []  # 0.8.0+: what model detection gives Flux.1

@@ -250,3 +250,27 @@ def test_clear_errors(comfy, flow):
     with pytest.raises(ValueError, match="exactly one"):
         comfy.call_node(NODE, model=model, positive=cond, inverted_latent=inverted, steps=STEPS, cfg=1.0,
                         lambda_xa=0.1, guidance="paper")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_block_stride_guides_every_other_block(comfy, pack_nodes, family):
+    """block_stride 2: SD3's two joint blocks -> block 0 guided, the gradient pass stops after it; Flux's three
+    double blocks -> blocks 0 and 2, the unguided block 1 between them is differentiated too (out of place, as
+    ComfyUI's in-place block cannot be). The guidance still lowers the loss."""
+    extra = {"double_blocks": 3} if family == "flux" else {}
+    model, width, pooled = tiny_models.tiny_mmdit_model(family, seed=11, **extra)
+    cond = tiny_models.tiny_flow_conditioning(width, pooled, seed=1, scale=4.0)
+    edited = tiny_models.tiny_flow_conditioning(width, pooled, seed=2, scale=4.0)
+    inverted = _invert(comfy, model, cond, _latent(seed=2))[0]
+    guided_flow = _module(comfy, "nodes.guided_flow")
+    _, run = guided_flow.patched_flow_model(model, dict(guided_flow.DEFAULT_OPTIONS, block_stride=2))
+    assert run.guided_blocks == ({("double_block", 0), ("double_block", 2)} if family == "flux"
+                                 else {("double_block", 0)})
+    tuned = {s: _options(comfy, model, stride=s) for s in (1, 2)}
+    off, on = {}, {}
+    _edit(comfy, tuned[2], cond, inverted, edited, 0.0, results=off)
+    _edit(comfy, tuned[2], cond, inverted, edited, 1.0, results=on)
+    assert all(a < b for a, b in zip([s["edited"] for s in on["losses"]][1:], [s["edited"] for s in off["losses"]][1:]))
+    every = {}
+    _edit(comfy, tuned[1], cond, inverted, edited, 0.0, results=every)
+    assert every["losses"][0]["edited"] > off["losses"][0]["edited"]  # more blocks' maps than with stride 2
