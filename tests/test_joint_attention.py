@@ -19,6 +19,7 @@ def test_output_is_torch_sdpa_and_maps_are_the_text_columns_of_full_rows():
     ref = torch.nn.functional.scaled_dot_product_attention(*split).transpose(1, 2).reshape(2, 11, 12)
     torch.testing.assert_close(out, ref, atol=1e-6, rtol=1e-6)  # the softmax is taken in float32 by design
     assert maps.shape == (2 * heads, n_img, n_txt)
+    assert maps.untyped_storage().nbytes() == maps.numel() * maps.element_size()  # not a view of all probabilities
     rows = maps.sum(-1)
     assert bool((rows < 1).all()) and bool((rows > 0).all())
     # the same in Flux's layout ([B, H, L, D], text after the image in a flipped block)
