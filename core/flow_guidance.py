@@ -21,13 +21,18 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 
 from .attention import AttentionMaps
 from .flow_space import denoised_from_velocity, euler_step, flow_sgd_step_size, velocity_from_denoised
-from .guidance import CAPTION, EDITED, NEGATIVE, BranchDenoiser, StepCallback
+from .guidance import CAPTION, EDITED, NEGATIVE, BranchDenoiser
+
+# callback(step, x_edit, x_ref, x0_edit, losses) after every step (latents at sigmas[step + 1]; x0_edit: the edit's
+# denoised guess at sigmas[step], for previews).
+FlowStepCallback = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor, dict], None]
 
 __all__ = ["FlowGuidedResult", "flow_guided_edit"]
 
@@ -125,7 +130,7 @@ def flow_guided_edit(
     guided_steps: int | None = None,
     track_loss: bool = False,
     grad_context=contextlib.nullcontext,
-    callback: StepCallback | None = None,
+    callback: FlowStepCallback | None = None,
 ) -> FlowGuidedResult:
     """Reconstruct and edit the inverted flow latent x (model units, at level sigmas[0]) down the descending sigmas.
 

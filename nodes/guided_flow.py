@@ -220,7 +220,9 @@ def _flux_double_block(block, checkpoint, args):
 
 def _joint_blocks(diffusion_model):
     """[(dit key, block module, ComfyUI checkpoints it itself under a replace, text first)] of the guided kind."""
-    if hasattr(diffusion_model, "joint_blocks"):  # SD 3.x MMDiT: JointBlock.forward -> block_mixing(use_checkpoint=True)
+    # SD 3.x MMDiT: under a block wrapper JointBlock.forward calls block_mixing(use_checkpoint=True), ComfyUI's own
+    # per-block checkpointing
+    if hasattr(diffusion_model, "joint_blocks"):
         return [(("double_block", i), b, True, True) for i, b in enumerate(diffusion_model.joint_blocks)]
     if hasattr(diffusion_model, "double_blocks"):  # Flux
         return [(("double_block", i), b, False, not getattr(b, "flipped_img_txt", False))
@@ -248,7 +250,8 @@ def patched_flow_model(model, options):
     transformer_options[OVERRIDE_KEY] = _JointOverride(run, transformer_options.get(OVERRIDE_KEY))
     existing = transformer_options.get("patches_replace", {}).get("dit", {})
     for key, module, host_checkpoints, txt_first in blocks[:blocks.index(guided[-1]) + 1]:
-        tag = _BlockTag(run, key, module, host_checkpoints, txt_first, existing.get(key), guided=key in run.guided_blocks)
+        tag = _BlockTag(run, key, module, host_checkpoints, txt_first, existing.get(key),
+                        guided=key in run.guided_blocks)
         clone.set_model_patch_replace(tag, "dit", *key)
     run.module = clone.model
     return clone, run
@@ -418,7 +421,8 @@ class MMDiTGuidanceOptions:
 
     def apply(self, model, guided_fraction, block_stride, checkpoint_blocks):
         clone = model.clone()
-        clone.model_options[OPTIONS_KEY] = {"guided_fraction": float(guided_fraction), "block_stride": int(block_stride),
+        clone.model_options[OPTIONS_KEY] = {"guided_fraction": float(guided_fraction),
+                                            "block_stride": int(block_stride),
                                             "checkpoint_blocks": bool(checkpoint_blocks)}
         return (clone,)
 
