@@ -32,7 +32,10 @@ import torch
 
 __all__ = [
     "denoised_from_noise",
+    "denoised_from_velocity",
+    "euler_step",
     "flow_levels",
+    "flow_sgd_step_size",
     "flow_step",
     "noise_from_velocity",
     "predict_velocity",
@@ -93,3 +96,26 @@ def flow_levels(scheduler_sigmas: torch.Tensor, steps: int) -> torch.Tensor:
         raise ValueError(f"the schedule has only {len(below) - 1} steps below pure noise, {steps} are needed")
     return below[-(steps + 1):].flip(0).contiguous()
 
+
+
+def euler_step(x: torch.Tensor, velocity: torch.Tensor, sigma: float, sigma_next: float) -> torch.Tensor:
+    """ComfyUI's Euler step for a flow model (sampler "euler" with CONST sampling): x + v (sigma_next - sigma)."""
+    return x + velocity * (sigma_next - sigma)
+
+
+def flow_sgd_step_size(lambda_xa: float, sigma: float) -> float:
+    """The step on a flow latent x at level sigma equal to pix2pix-zero's SGD step `lambda_xa` on the DDIM sample.
+
+    The references step x_t <- x_t - lambda grad_{x_t} L on the variance-preserving latent
+    x_t = sqrt(a) x0 + sqrt(1 - a) eps. A flow latent at the same signal-to-noise ratio is x = r x_t with
+    r = sqrt((1 - s)^2 + s^2) (sqrt(a) = (1 - s) / r), so grad_{x_t} L = r grad_x L and the step on x is
+    r * (-lambda r grad_x L): size lambda ((1 - s)^2 + s^2). (The UNet path's lambda (1 + sigma^2) is the same rule
+    for ComfyUI's sigma space, where x = sqrt(1 + sigma^2) x_t.) So one lambda_xa means the same step in units of the
+    latent's own scale on both paths; at s = 0.5 it halves, at s -> 0 or 1 it is lambda."""
+    return float(lambda_xa) * ((1.0 - sigma) ** 2 + sigma ** 2)
+
+
+def denoised_from_velocity(x: torch.Tensor, velocity: torch.Tensor, sigma: float) -> torch.Tensor:
+    """ComfyUI's denoised latent for velocity v at level sigma (CONST): x - sigma v. The inverse of
+    velocity_from_denoised."""
+    return x - sigma * velocity

@@ -80,9 +80,10 @@ class InversionSchedule:
         compare it with a model's table with restore_schedule."""
         if hasattr(info, "get") and info.get("kind") == FLOW_KIND:
             raise ValueError(
-                "this latent was inverted with a flow-matching model (SD 3.x, Flux): the pix2pix-zero guided edit "
-                "for those models is not available yet. Regenerate or edit it with SamplerCustom (euler, cfg 1, "
-                "add_noise off) and the inversion's regeneration_sigmas"
+                "this latent was inverted with a flow-matching model (SD 3.x, Flux), not with a DDIM model: edit it "
+                "with the model it was inverted with (Guided Edit takes its flow path for SD 3.x and Flux), or "
+                "regenerate it with SamplerCustom (euler, cfg 1, add_noise off) and the inversion's "
+                "regeneration_sigmas"
             )
         try:
             name = str(info["schedule"])

@@ -97,8 +97,9 @@ def discrete_model_sampling(model, what: str):
 
     if isinstance(sampling, ms.CONST):
         raise refuse("a flow-matching model (CONST sampling: SD 3.x, Flux, AuraFlow and similar), whose noise path "
-                     "x = (1 - sigma) x0 + sigma noise is not DDIM's (for these models Invert Latent and the edit "
-                     f"directions work already; the {what} is in progress)")
+                     "x = (1 - sigma) x0 + sigma noise is not DDIM's (for these models Invert Latent, the edit "
+                     f"directions and Guided Edit work already; {what} is not available for them: invert a "
+                     "generated image instead)")
     continuous = tuple(c for c in (getattr(ms, "ModelSamplingContinuousEDM", None),
                                    getattr(ms, "ModelSamplingContinuousV", None)) if c is not None)
     if continuous and isinstance(sampling, continuous):

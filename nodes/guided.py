@@ -32,7 +32,8 @@ from ..core.guidance import CAPTION, EDITED, GUIDANCE_MODES, NEGATIVE, generatio
 from ..core.inversion import check_latent
 from ..core.schedule import restore_schedule
 from ..core.sigma_space import denoised_from_eps, restate
-from .common import CATEGORY, DIRECTION_TYPE, INVERSION_KEY, check_conditioning_batch, discrete_model_sampling
+from .common import (CATEGORY, DIRECTION_TYPE, INVERSION_KEY, check_conditioning_batch, discrete_model_sampling,
+                     is_flow_model)
 
 COND_KEYS = {NEGATIVE: "negative", CAPTION: "positive", EDITED: "edited"}
 CFG_RANGE = (1.0, 30.0)
@@ -358,6 +359,11 @@ class GuidedEdit:
 
     def edit(self, model, positive, inverted_latent, steps, cfg, lambda_xa, guidance, negative=None, direction=None,
              direction_multiplier=1.0, edited_positive=None):
+        if is_flow_model(model):  # SD 3.x / Flux: joint-attention guidance (nodes/guided_flow.py)
+            from .guided_flow import flow_guided_edit_node
+            _check_range("cfg", cfg, CFG_RANGE)
+            return flow_guided_edit_node(model, positive, inverted_latent, steps, cfg, lambda_xa, guidance, negative,
+                                         direction, direction_multiplier, edited_positive)
         _check_range("cfg", cfg, CFG_RANGE)
         _check_range("lambda_xa", lambda_xa, LAMBDA_RANGE)
         if guidance not in GUIDANCE_MODES:

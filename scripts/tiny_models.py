@@ -33,13 +33,14 @@ def _torch_reset_owner(module):
     return None
 
 
-def init_module_weights(module, seed):
+def init_module_weights(module, seed, check_finite=True):
     """Initialise every torch.nn layer inside ``module`` with torch's default init, deterministically from ``seed``.
 
     comfy.ops layers (disable_weight_init / manual_cast) skip initialisation and hold torch.empty memory, and their
     own reset_parameters does nothing, so the torch.nn base class's reset_parameters is called explicitly. Parameters
     owned directly by non-torch.nn modules (TAESD's vae_scale/vae_shift, CLIP's logit_scale) keep their constructor
-    values. The global RNG state is left untouched. Returns the module.
+    values. The global RNG state is left untouched. Returns the module. check_finite=False: the caller fills what
+    no init reaches (torch.empty memory, which may hold anything) and checks afterwards (tiny_mmdit_model).
     """
     import torch
     with torch.random.fork_rng(devices=[]), torch.no_grad():
@@ -48,7 +49,7 @@ def init_module_weights(module, seed):
             owner = _torch_reset_owner(m)
             if owner is not None:
                 owner.reset_parameters(m)
-    for name, p in module.named_parameters():
+    for name, p in module.named_parameters() if check_finite else ():
         if not torch.isfinite(p).all():
             raise RuntimeError(f"parameter {name} is not finite after init")
     return module
@@ -327,23 +328,26 @@ _FLUX_UNET = {"image_model": "flux", "in_channels": 16, "out_channels": 16, "vec
               "guidance_embed": False}
 
 
-def tiny_mmdit_model(family, seed=0, out_scale=None):
+def tiny_mmdit_model(family, seed=0, out_scale=None, x_self_attn_layers=(), double_blocks=1):
     """A tiny flow-matching MODEL in ComfyUI's real layout: ``family`` "sd3" (comfy.supported_models.SD3: MMDiT,
     ModelSamplingDiscreteFlow shift 3.0, SD3 latent format) or "flux" (comfy.supported_models.Flux: double + single
     stream blocks, ModelSamplingFlux, Flux latent format). Returns (MODEL, context width, pooled width). float32,
     weights deterministic from ``seed``; built under inference mode as ComfyUI's loaders build models.
 
     ``out_scale`` scales the final projection (the velocity head): ComfyUI zero-initialises nothing here, but torch's
-    default init gives velocities far below unit size on a tiny network; scale it to get trained-model-like ranges."""
+    default init gives velocities far below unit size on a tiny network; scale it to get trained-model-like ranges.
+    ``x_self_attn_layers`` (SD3 only): joint blocks with SD 3.5 Medium's extra image self-attention (MMDiT-X).
+    ``double_blocks`` (Flux only): how many double-stream blocks."""
     import torch
     import comfy.model_management as mm
     import comfy.supported_models as sm
     from comfy.model_patcher import ModelPatcher
 
     if family == "sd3":
-        config, width, pooled = sm.SD3(dict(_SD3_UNET)), TINY_SD3_CONTEXT, TINY_SD3_POOLED
+        unet = dict(_SD3_UNET, x_block_self_attn_layers=list(x_self_attn_layers))
+        config, width, pooled = sm.SD3(unet), TINY_SD3_CONTEXT, TINY_SD3_POOLED
     elif family == "flux":
-        unet = dict(_FLUX_UNET)
+        unet = dict(_FLUX_UNET, depth=double_blocks)
         from comfy.ldm.flux.model import FluxParams
         if "txt_ids_dims" in getattr(FluxParams, "__dataclass_fields__", {}):
             unet["txt_ids_dims"] = []  # 0.8.0+: what model detection gives Flux.1
@@ -353,7 +357,8 @@ def tiny_mmdit_model(family, seed=0, out_scale=None):
     config.set_inference_dtype(torch.float32, None)
     with torch.inference_mode():
         model = config.get_model({})
-        init_module_weights(model.diffusion_model, seed)
+        # Flux's RMSNorm scales are torch.empty memory until _fill_mmdit_extras sets them (and then checks all)
+        init_module_weights(model.diffusion_model, seed, check_finite=False)
         _fill_mmdit_extras(model.diffusion_model)
         if out_scale is not None:
             final = model.diffusion_model.final_layer.linear

@@ -105,9 +105,9 @@ def test_flow_record_and_authors_schedule_give_clear_errors(comfy, flow):
                         schedule="authors", lambda_ac=0.0, lambda_kl=0.0, reg_steps=0, ac_rolls=0, seed=0)
     inverted = _invert(comfy, model, cond, _latent(), 2)[0]
     from core.schedule import InversionSchedule
-    with pytest.raises(ValueError, match="flow-matching model.*not available yet"):
+    with pytest.raises(ValueError, match="flow-matching model.*not with a DDIM model"):
         InversionSchedule.from_dict(inverted["p2pz_inversion"])
-    with pytest.raises(ValueError, match=r"flow-matching model \(CONST.*Invert Latent .* work already"):
+    with pytest.raises(ValueError, match=r"flow-matching model \(CONST.*Invert Latent.*Guided Edit work already; synthetic editing is not available"):
         comfy.call_node("P2PZ_NoiseLatent", model=model, width=64, height=64, batch_size=1, steps=4, seed=0)
 
 

@@ -1,0 +1,431 @@
+"""P2PZ_GuidedEdit for flow-matching MMDiT models (SD 3.x, Flux), and its memory options node.
+
+The loop is core.flow_guidance's; this module connects it to ComfyUI on a CLONE of the MODEL (never the MODEL):
+- `transformer_options["optimized_attention_override"]` (honoured by ComfyUI's attention in SD 3.x's joint blocks
+  and Flux's blocks on 0.3.64, 0.3.75 and 0.8.0) computes a guided block's joint attention explicitly while maps
+  are wanted and hands the image-query/text-key probabilities to the run's AttentionMaps; otherwise it calls the
+  override that was there before (another pack's), or ComfyUI's attention;
+- `patches_replace["dit"]` block wrappers (chained to any existing one) tag the transformer options of the guided
+  blocks with the block key and the text/image token counts (the override alone cannot tell which block it is in,
+  nor where the text tokens are), checkpoint the block in the gradient pass where ComfyUI does not already, and stop
+  the gradient pass after the last guided block (the maps are all that pass is for);
+- the gradient pass aliases the inference-tensor weights (core.inference_weights).
+
+Blocks: SD 3.x: every joint block (context tokens, then image tokens). Flux: the double-stream blocks (txt, then
+img) only: there the text keys are still projections of the prompt's own stream, as a UNet's cross-attention keys
+are, while in the single-stream blocks text tokens have been mixed with the image by every block before (no longer
+"the prompt's words"); and the double blocks come first, so the gradient pass stops before the 38 single blocks
+(a third of Flux-dev's depth is enough for the maps).
+"""
+import contextlib
+import functools
+import logging
+
+import comfy.ldm.modules.attention as comfy_attention
+import comfy.model_management
+import comfy.samplers
+import comfy.utils
+import latent_preview
+import torch
+import torch.utils.checkpoint
+
+from ..core.attention import AttentionMaps
+from ..core.flow_guidance import flow_guided_edit
+from ..core.guidance import CAPTION, EDITED, NEGATIVE
+from ..core.inference_weights import normal_tensor_weights
+from ..core.inversion import check_latent
+from ..core.joint_attention import apply_rope, explicit_joint_attention, token_slices
+from ..core.schedule import FLOW_KIND, regeneration_sigmas
+from .common import CATEGORY, INVERSION_KEY, check_conditioning_batch, flow_model_sampling
+
+OVERRIDE_KEY = "optimized_attention_override"
+TAG_KEY = "p2pz_joint_block"  # set by our block wrappers in a copy of the transformer options
+OPTIONS_KEY = "p2pz_mmdit_guidance"  # model_options entry written by P2PZ_MMDiTGuidanceOptions
+COND_KEYS = {NEGATIVE: "negative", CAPTION: "positive", EDITED: "edited"}
+# Defaults (see the README's memory estimate): guidance on the first half of the steps, every joint block,
+# per-block gradient checkpointing; they fit SD 3.5 Medium at 1024 px in 24 GB.
+DEFAULT_OPTIONS = {"guided_fraction": 0.5, "block_stride": 1, "checkpoint_blocks": True}
+
+
+class _MapsComplete(Exception):
+    """Raised after the last guided block of the gradient pass: the rest of the model does not change the loss."""
+
+
+class _Run:
+    """State of one guided run shared by its patches; never copied by ModelPatcher.clone()'s deepcopy."""
+
+    def __init__(self, guided_blocks):
+        self.maps = AttentionMaps()
+        self.guided_blocks = set(guided_blocks)
+        self.last_block = max(guided_blocks, key=lambda key: key[1])
+        self.branch_of_flag = {}
+        self.seen = set()  # (block, branch) observed in this model evaluation (checkpoint recomputes skip)
+        self.pending = []  # (block, maps, branches, heads) of the current model evaluation
+        self.checkpoint = True
+        self.module = None
+
+    def __deepcopy__(self, memo):
+        return self
+
+
+def _gradient_attention(func, args, kwargs):
+    # sage, flash and xformers as ComfyUI calls them have no autograd backward, and an override is an arbitrary
+    # function: the gradient pass uses PyTorch's attention (kwargs keep "_inside_attn_wrapper": no override loop).
+    return comfy_attention.attention_pytorch(*args, **kwargs)
+
+
+class _JointOverride:
+    """optimized_attention_override on the clone: explicit joint attention with maps in tagged guided blocks while
+    maps are wanted; everything else goes to the previous override or ComfyUI's function."""
+
+    def __init__(self, run, previous=None):
+        self.run, self.previous = run, previous
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def _pass_on(self, func, args, kwargs):
+        if torch.is_grad_enabled():
+            return _gradient_attention(func, args, kwargs)
+        if self.previous is not None:
+            return self.previous(func, *args, **kwargs)
+        return func(*args, **kwargs)
+
+    def __call__(self, func, *args, **kwargs):
+        options = kwargs.get("transformer_options") or {}
+        tag = options.get(TAG_KEY)
+        run = self.run
+        if tag is None or not run.maps.wants_maps:
+            return self._pass_on(func, args, kwargs)
+        key, n_txt, n_img, txt_first = tag
+        q, k, v = args[:3]
+        skip_reshape = kwargs.get("skip_reshape", False)
+        tokens = k.shape[-2] if skip_reshape else k.shape[1]
+        if tokens != n_txt + n_img:  # SD 3.5's extra image self-attention in the same block: not joint
+            return self._pass_on(func, args, kwargs)
+        heads = args[3] if len(args) > 3 else kwargs["heads"]
+        precision = comfy_attention.get_attn_precision(kwargs.get("attn_precision"), q.dtype)
+        text, image = token_slices(n_txt, n_img, txt_first)
+        out, maps = explicit_joint_attention(
+            q, k, v, heads, text=text, image=image, skip_reshape=skip_reshape,
+            skip_output_reshape=kwargs.get("skip_output_reshape", False), mask=kwargs.get("mask"),
+            upcast=precision == torch.float32)
+        flags = options.get("cond_or_uncond", [])
+        branches = [run.branch_of_flag.get(f) for f in flags]
+        if branches and None not in branches and not any((key, b) in run.seen for b in branches):
+            # Handed over after the model call, not here: the loss ops must stay out of a checkpointed block (its
+            # recompute must save the same tensors), and a recompute observes nothing twice.
+            run.seen.update((key, b) for b in branches)
+            if run.maps.mode == "record":  # no autograd involved: recorded at once
+                run.maps.observe_batch(key, maps, branches, heads)
+            else:
+                run.pending.append((key, maps, branches, heads))
+        if self.previous is not None and not torch.is_grad_enabled():
+            return self.previous(func, *args, **kwargs)  # another pack's attention still produces the output
+        return out
+
+
+class _BlockTag:
+    """patches_replace["dit"] wrapper of one block up to the last guided one (chained to the previous wrapper of
+    that key): tags a guided block's transformer options while maps are wanted; in the gradient pass runs a Flux
+    block out of place (checkpointed), guided or not (the gradient flows through every block before the last guided
+    one), and stops the pass after the last guided block."""
+
+    def __init__(self, run, key, module, host_checkpoints, txt_first, previous=None, guided=True):
+        self.run, self.key, self.module, self.previous = run, key, module, previous
+        self.host_checkpoints, self.txt_first, self.guided = host_checkpoints, txt_first, guided
+
+    def __deepcopy__(self, memo):
+        return self
+
+    def __call__(self, args, extra):
+        run = self.run
+        if not run.maps.wants_maps:
+            return self.previous(args, extra) if self.previous is not None else extra["original_block"](args)
+        if self.guided:
+            n_txt, n_img = args["txt"].shape[1], args["img"].shape[1]
+            options = dict(args.get("transformer_options") or {})
+            options[TAG_KEY] = (self.key, n_txt, n_img, self.txt_first)
+            args = dict(args, transformer_options=options)
+        original = extra["original_block"]
+        grad = torch.is_grad_enabled()
+        if grad and not self.host_checkpoints:  # Flux (ComfyUI checkpoints SD 3.x's JointBlock itself)
+            # The block module is called directly, as Flux's block_wrap does: block_wrap reads the model loop's
+            # variable `block`, which by a checkpoint's recompute in the backward names the last single block.
+            original = functools.partial(_flux_double_block, self.module, run.checkpoint)
+            extra = dict(extra, original_block=original)
+        out = self.previous(args, extra) if self.previous is not None else original(args)
+        if grad and self.key == run.last_block:
+            raise _MapsComplete()
+        return out
+
+
+def flux_double_block_out_of_place(block, img, txt, vec, pe, attn_mask=None, transformer_options=None):
+    """ComfyUI's Flux DoubleStreamBlock.forward (0.3.64 to 0.8.0, Flux.1's configuration: per-block modulation, no
+    modulation_dims) with its residual additions written out of place.
+
+    ComfyUI's block adds to img and txt in place (`img += ...`), overwriting tensors its own layer norms saved for
+    the backward: autograd refuses it, and under checkpointing the recompute would silently hand the backward the
+    overwritten values. Used for the gradient pass only (same modules, same attention call, so the same maps and
+    the override still sees the joint attention); tests compare it with ComfyUI's block."""
+    from comfy.ldm.flux import math as flux_math
+    from comfy.ldm.flux.layers import apply_mod
+
+    if not getattr(block, "modulation", True):
+        raise ValueError("this Flux variant has no per-block modulation (e.g. Chroma): the guided edit supports "
+                         "Flux.1 (dev, schnell) and SD 3.x")
+    img_mod1, img_mod2 = block.img_mod(vec)
+    txt_mod1, txt_mod2 = block.txt_mod(vec)
+
+    def qkv(norm, attn, x, mod):
+        qkv_ = attn.qkv(apply_mod(norm(x), 1 + mod.scale, mod.shift))
+        q, k, v = qkv_.view(qkv_.shape[0], qkv_.shape[1], 3, block.num_heads, -1).permute(2, 0, 3, 1, 4)
+        q, k = attn.norm(q, k, v)
+        return q, k, v
+
+    img_qkv = qkv(block.img_norm1, block.img_attn, img, img_mod1)
+    txt_qkv = qkv(block.txt_norm1, block.txt_attn, txt, txt_mod1)
+    flipped = getattr(block, "flipped_img_txt", False)
+    first, second = (img_qkv, txt_qkv) if flipped else (txt_qkv, img_qkv)
+    q, k, v = (torch.cat((a, b), dim=2) for a, b in zip(first, second))
+    attn = flux_math.attention(q, k, v, pe=pe, mask=attn_mask, transformer_options=transformer_options or {})
+    n_first = first[0].shape[2]
+    img_attn, txt_attn = (attn[:, :n_first], attn[:, n_first:]) if flipped else (attn[:, n_first:], attn[:, :n_first])
+
+    img = img + apply_mod(block.img_attn.proj(img_attn), img_mod1.gate)
+    img = img + apply_mod(block.img_mlp(apply_mod(block.img_norm2(img), 1 + img_mod2.scale, img_mod2.shift)),
+                          img_mod2.gate)
+    txt = txt + apply_mod(block.txt_attn.proj(txt_attn), txt_mod1.gate)
+    txt = txt + apply_mod(block.txt_mlp(apply_mod(block.txt_norm2(txt), 1 + txt_mod2.scale, txt_mod2.shift)),
+                          txt_mod2.gate)
+    return img, txt
+
+
+def _flux_double_block(block, checkpoint, args):
+    """The gradient pass's Flux double block (flux_double_block_out_of_place), with per-block gradient
+    checkpointing (non-reentrant) when `checkpoint`: the block's activations (the explicit [tokens, tokens]
+    probabilities above all) are recomputed in the backward instead of kept for every block."""
+    options, mask = args.get("transformer_options"), args.get("attn_mask")
+
+    def run(img, txt, vec, pe):
+        return flux_double_block_out_of_place(block, img, txt, vec, pe, mask, options)
+
+    tensors = (args["img"], args["txt"], args["vec"], args["pe"])
+    if checkpoint:
+        img, txt = torch.utils.checkpoint.checkpoint(run, *tensors, use_reentrant=False)
+    else:
+        img, txt = run(*tensors)
+    return {"img": img, "txt": txt}
+
+
+def _joint_blocks(diffusion_model):
+    """[(dit key, block module, ComfyUI checkpoints it itself under a replace, text first)] of the guided kind."""
+    # SD 3.x MMDiT: under a block wrapper JointBlock.forward calls block_mixing(use_checkpoint=True), ComfyUI's own
+    # per-block checkpointing
+    if hasattr(diffusion_model, "joint_blocks"):
+        return [(("double_block", i), b, True, True) for i, b in enumerate(diffusion_model.joint_blocks)]
+    if hasattr(diffusion_model, "double_blocks"):  # Flux
+        return [(("double_block", i), b, False, not getattr(b, "flipped_img_txt", False))
+                for i, b in enumerate(diffusion_model.double_blocks)]
+    return []
+
+
+def family_of(model):
+    dm = model.model.diffusion_model
+    return "sd3" if hasattr(dm, "joint_blocks") else "flux" if hasattr(dm, "double_blocks") else None
+
+
+def patched_flow_model(model, options):
+    """A clone of `model` with the joint-attention hooks for the guided blocks; `model` is not modified."""
+    blocks = _joint_blocks(model.model.diffusion_model)
+    if not blocks:
+        raise ValueError("this flow model has no joint-attention blocks pix2pix-zero knows: the guided edit supports "
+                         "SD 3.x (MMDiT) and Flux")
+    stride = int(options["block_stride"])
+    guided = blocks[::stride]
+    run = _Run([key for key, *_ in guided])
+    run.checkpoint = bool(options["checkpoint_blocks"])
+    clone = model.clone()
+    transformer_options = clone.model_options.setdefault("transformer_options", {})
+    transformer_options[OVERRIDE_KEY] = _JointOverride(run, transformer_options.get(OVERRIDE_KEY))
+    existing = transformer_options.get("patches_replace", {}).get("dit", {})
+    for key, module, host_checkpoints, txt_first in blocks[:blocks.index(guided[-1]) + 1]:
+        tag = _BlockTag(run, key, module, host_checkpoints, txt_first, existing.get(key),
+                        guided=key in run.guided_blocks)
+        clone.set_model_patch_replace(tag, "dit", *key)
+    run.module = clone.model
+    return clone, run
+
+
+class _FlowDenoiser:
+    """core.guidance's BranchDenoiser over ComfyUI: calc_cond_batch on the processed conds, one latent for all
+    branches of a call (the carry rule makes it so)."""
+
+    def __init__(self, guider, model_options, run):
+        self.guider, self.model_options, self.run = guider, model_options, run
+
+    def __call__(self, xs, sigma):
+        names = list(xs)
+        x = xs[names[0]]
+        if any(xs[b] is not x for b in names):
+            raise RuntimeError("the flow guided edit evaluates its branches at one latent per call")
+        conds = [self.guider.conds[COND_KEYS[b]] for b in names]
+        self.run.branch_of_flag = dict(enumerate(names))
+        self.run.seen, self.run.pending = set(), []
+        timestep = torch.full((x.shape[0],), sigma, dtype=x.dtype, device=x.device)
+        out = None
+        try:
+            out = comfy.samplers.calc_cond_batch(self.guider.inner_model, conds, x, timestep, self.model_options)
+        except _MapsComplete:  # the gradient pass stopped after the last guided block: its maps are all it is for
+            pass
+        finally:
+            self.run.branch_of_flag = {}
+            pending, self.run.pending = self.run.pending, []
+        for key, maps, branches, heads in pending:
+            self.run.maps.observe_batch(key, maps, branches, heads)
+        if out is None:
+            return None
+        return dict(zip(names, out))
+
+
+@contextlib.contextmanager
+def _gradient_context(run):
+    """Around each gradient pass, forward and backward (checkpointed blocks recompute inside the backward):
+    - the weights, loaded as inference tensors, become normal-tensor aliases (no copy) that autograd can save;
+    - Flux's RoPE is the differentiable torch formula (core.joint_attention.apply_rope) instead of 0.8.0's
+      comfy_kitchen op, which has no backward. A module attribute swapped for this pass only and restored: ComfyUI
+      runs one prompt at a time, and the no-grad passes keep the host's kernel."""
+    import comfy.ldm.flux.math as flux_math
+
+    host_rope = flux_math.apply_rope
+    with normal_tensor_weights(run.module):
+        flux_math.apply_rope = apply_rope
+        try:
+            yield
+        finally:
+            flux_math.apply_rope = host_rope
+
+
+def _flow_sampler(run, settings, results):
+    def sample(model, x, sigmas, extra_args=None, callback=None, disable=None):
+        guider = model.inner_model
+        denoise = _FlowDenoiser(guider, (extra_args or {}).get("model_options", {}), run)
+
+        def on_step(step, x_edit, x_ref, x0, losses):
+            comfy.model_management.throw_exception_if_processing_interrupted()
+            if callback is not None:
+                callback({"i": step, "x": x_edit, "denoised": x0, "sigma": sigmas[step], "sigma_hat": sigmas[step]})
+
+        comfy.model_management.throw_exception_if_processing_interrupted()
+        # The gradient pass (forward and backward: checkpointed blocks recompute in the backward) needs the weights,
+        # loaded as inference tensors, as normal-tensor aliases (no copy) for autograd to save them.
+        result = flow_guided_edit(denoise, run.maps, x, sigmas, callback=on_step,
+                                  grad_context=lambda: _gradient_context(run), **settings)
+        results["reconstruction"] = guider.inner_model.process_latent_out(result.reconstruction.to(torch.float32))
+        results["losses"] = result.losses
+        return result.edited
+
+    return comfy.samplers.KSAMPLER(sample)
+
+
+def _flow_sigmas(latent):
+    info = latent.get(INVERSION_KEY)
+    if info is None or not hasattr(info, "get") or info.get("kind") != FLOW_KIND:
+        raise ValueError("this is a flow-matching model (SD 3.x, Flux): the guided edit needs the inverted_latent "
+                         "output of Invert Latent run with this model, which carries the flow inversion's sigmas"
+                         + ("" if info is None else " (this latent carries a DDIM inversion record: another model)"))
+    if list(latent["samples"].shape) != list(info.get("shape", latent["samples"].shape)):
+        raise ValueError("the inverted latent's size changed since its inversion: invert the latent again")
+    return regeneration_sigmas(torch.tensor(info["levels"], dtype=torch.float32)), int(info["steps"])
+
+
+def flow_guided_edit_node(model, positive, inverted_latent, steps, cfg, lambda_xa, guidance, negative=None,
+                          direction=None, direction_multiplier=1.0, edited_positive=None, _results=None):
+    """P2PZ_GuidedEdit's function for flow models (nodes/guided.py dispatches here). _results (tests): a dict that
+    receives the per-step map losses, measured also when lambda_xa is 0."""
+    from .guided import GuidedEditGuider, _same_conditioning  # lazy: guided.py imports this module lazily too
+
+    flow_model_sampling(model, "guided editing")
+    family = family_of(model)
+    if family is None:
+        raise ValueError("this flow model has no joint-attention blocks pix2pix-zero knows: the guided edit supports "
+                         "SD 3.x (MMDiT) and Flux")
+    if not (0.0 <= lambda_xa <= 1.0):
+        raise ValueError(f"lambda_xa must be between 0.0 and 1.0, got {lambda_xa}")
+    samples = inverted_latent["samples"]
+    check_latent(samples, channels=model.get_model_object("latent_format").latent_channels, what="inverted latent")
+    sigmas, steps = _flow_sigmas(inverted_latent)
+    if (direction is None) == (edited_positive is None):
+        raise ValueError("connect either an edit direction or an edited_positive conditioning (exactly one)")
+    if direction is not None:
+        from .direction import edit_conditioning
+
+        edited_positive = edit_conditioning(positive, direction, direction_multiplier)
+    use_negative = family == "sd3"  # Flux is guidance-distilled: its embedded guidance, no negative pass
+    if not use_negative and (cfg != 1.0 or negative is not None):
+        logging.info("pix2pix-zero Guided Edit: Flux is guidance-distilled; both branches run once at the "
+                     "conditioning's guidance value (FluxGuidance), cfg and negative are not used")
+    negative_is_caption = negative is None or _same_conditioning(negative, positive)
+    negative = positive if negative is None else negative
+    batch = samples.shape[0]
+    for cond, what in ((positive, "positive"), (negative, "negative"), (edited_positive, "edited_positive")):
+        if not cond or len(cond) != 1:
+            raise ValueError(f"the {what} conditioning must be a single CLIPTextEncode output (one entry)")
+        check_conditioning_batch(cond, batch, f"{what} conditioning")
+    if edited_positive[0][0].shape[1] != positive[0][0].shape[1]:
+        raise ValueError(f"edited_positive has {edited_positive[0][0].shape[1]} tokens but the caption has "
+                         f"{positive[0][0].shape[1]}: their attention maps cannot be compared; edit the caption")
+    if guidance != "paper":
+        logging.info("pix2pix-zero Guided Edit: flow models always carry the guided edit latent (the paper's rule)")
+
+    options = dict(DEFAULT_OPTIONS, **model.model_options.get(OPTIONS_KEY, {}))
+    patched, run = patched_flow_model(model, options)
+    settings = {"cfg": cfg, "lambda_xa": lambda_xa, "use_negative": use_negative,
+                "negative_is_caption": negative_is_caption,
+                "guided_steps": round(float(options["guided_fraction"]) * steps), "track_loss": _results is not None}
+    results = {} if _results is None else _results
+    guider = GuidedEditGuider(patched, positive, negative, edited_positive, cfg if use_negative else 1.0)
+    edited = guider.sample(
+        torch.zeros_like(samples),  # no noise: KSAMPLER starts from (1 - s_top) * latent, the inverted x
+        samples,
+        _flow_sampler(run, settings, results),
+        sigmas,
+        callback=latent_preview.prepare_callback(patched, steps),
+        disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED,
+        seed=0,
+    )
+    device = comfy.model_management.intermediate_device()
+    out_edit = {k: v for k, v in inverted_latent.items() if k != INVERSION_KEY}
+    out_edit["samples"] = edited.to(device)
+    out_ref = dict(out_edit, samples=results["reconstruction"].to(device))
+    return (out_edit, out_ref)
+
+
+class MMDiTGuidanceOptions:
+    DESCRIPTION = ("Memory and time levers of the Guided Edit on SD 3.x and Flux models, set on a clone of the "
+                   "MODEL (connect its output to Guided Edit). Without this node the defaults apply.")
+    CATEGORY = CATEGORY
+    FUNCTION = "apply"
+    RETURN_TYPES = ("MODEL",)
+    OUTPUT_TOOLTIPS = ("The same model with the options attached (the input MODEL is not modified).",)
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        d = DEFAULT_OPTIONS
+        return {"required": {
+            "model": ("MODEL", {"tooltip": "An SD 3.x or Flux model."}),
+            "guided_fraction": ("FLOAT", {"default": d["guided_fraction"], "min": 0.0, "max": 1.0, "step": 0.05, "tooltip": "Attention guidance only on the first fraction of the steps (the high-noise steps that set the layout); 1 guides every step as the paper. Saves time, not peak memory."}),
+            "block_stride": ("INT", {"default": d["block_stride"], "min": 1, "max": 16, "tooltip": "Guide every N-th joint block (1: all). Higher saves the stored reference maps and, with the early stop after the last guided block, some gradient-pass time."}),
+            "checkpoint_blocks": ("BOOLEAN", {"default": d["checkpoint_blocks"], "tooltip": "Recompute each block in the backward pass instead of keeping its activations (Flux; ComfyUI already does it for SD 3.x blocks). Off is faster but needs several GB per block at 1024 px."}),
+        }}
+
+    def apply(self, model, guided_fraction, block_stride, checkpoint_blocks):
+        clone = model.clone()
+        clone.model_options[OPTIONS_KEY] = {"guided_fraction": float(guided_fraction),
+                                            "block_stride": int(block_stride),
+                                            "checkpoint_blocks": bool(checkpoint_blocks)}
+        return (clone,)
+
+
+NODE_CLASS_MAPPINGS = {"P2PZ_MMDiTGuidanceOptions": MMDiTGuidanceOptions}
+NODE_DISPLAY_NAME_MAPPINGS = {"P2PZ_MMDiTGuidanceOptions": "Guided Edit Options for SD 3.x / Flux (pix2pix-zero)"}

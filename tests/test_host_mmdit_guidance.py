@@ -1,0 +1,276 @@
+"""Attention guidance through joint attention (issue 13): P2PZ_GuidedEdit on tiny SD 3.x and Flux MODELs in
+ComfyUI's real layouts (scripts/tiny_models.py), checked against stock nodes (SamplerCustom, KSampler) and against
+ComfyUI's own attention function (seen through an optimized_attention_override installed before ours)."""
+import sys
+
+import pytest
+import torch
+from scripts import tiny_models
+
+pytestmark = pytest.mark.host
+
+NODE = "P2PZ_GuidedEdit"
+FAMILIES = ("sd3", "flux")
+STEPS = 4
+
+
+def _module(comfy, name):
+    return sys.modules[f"{comfy.pack_module().__name__}.{name}"]
+
+
+@pytest.fixture(scope="module", params=FAMILIES + ("sd35m",))
+def flow(request, comfy, pack_nodes):
+    """(family, MODEL, caption, edited caption, negative). "sd35m": SD3 with SD 3.5 Medium's extra image
+    self-attention in its first joint block (MMDiT-X), a second attention call per block that is not joint."""
+    family = "sd3" if request.param == "sd35m" else request.param
+    extra = {"x_self_attn_layers": [0]} if request.param == "sd35m" else {}
+    model, width, pooled = tiny_models.tiny_mmdit_model(family, seed=7, **extra)
+    if extra:
+        assert model.model.diffusion_model.joint_blocks[0].x_block.x_block_self_attn
+    cond = tiny_models.tiny_flow_conditioning(width, pooled, seed=1, scale=4.0)  # peaked maps (see tiny_conditioning)
+    edited = tiny_models.tiny_flow_conditioning(width, pooled, seed=2, scale=4.0)
+    negative = tiny_models.tiny_flow_conditioning(width, pooled, seed=3, scale=4.0)
+    return family, model, cond, edited, negative
+
+
+def _latent(batch=1, size=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    low = torch.randn(batch, 16, size // 2, size // 2, generator=g)
+    return {"samples": torch.nn.functional.interpolate(low, size=(size, size), mode="bilinear")}
+
+
+def _invert(comfy, model, cond, latent, steps=STEPS):
+    return comfy.call_node("P2PZ_InvertLatent", model=model, conditioning=cond, latent=latent, steps=steps,
+                           schedule="diffusers", lambda_ac=0.0, lambda_kl=0.0, reg_steps=0, ac_rolls=0, seed=0)
+
+
+def _options(comfy, model, fraction=1.0, stride=1, checkpoint=True):
+    return comfy.call_node("P2PZ_MMDiTGuidanceOptions", model=model, guided_fraction=fraction, block_stride=stride,
+                           checkpoint_blocks=checkpoint)[0]
+
+
+def _edit(comfy, model, cond, inverted, edited, lambda_xa, cfg=1.0, negative=None, results=None):
+    if results is None:
+        return comfy.call_node(NODE, model=model, positive=cond, inverted_latent=inverted, steps=STEPS, cfg=cfg,
+                               lambda_xa=lambda_xa, guidance="paper", negative=negative, edited_positive=edited)
+    # the node's own function with the losses exposed (the same code the node runs)
+    flow_node = _module(comfy, "nodes.guided_flow")
+    with torch.inference_mode():
+        return flow_node.flow_guided_edit_node(model, cond, inverted, STEPS, cfg, lambda_xa, "paper", negative,
+                                               None, 1.0, edited, _results=results)
+
+
+def _stock(comfy, model, cond, negative, latent, sigmas, cfg):
+    sampler = comfy.call_node("KSamplerSelect", sampler_name="euler")[0]
+    return comfy.call_node("SamplerCustom", model=model, add_noise=False, noise_seed=0, cfg=cfg, positive=cond,
+                           negative=negative, sampler=sampler, sigmas=sigmas, latent_image=latent)[0]["samples"]
+
+
+def _with_spy(model):
+    """A clone of `model` carrying an optimized_attention_override as another pack could install it: it passes
+    through to ComfyUI's function and keeps what it saw (the arguments of every call). A closure, so that
+    ModelPatcher.clone()'s deepcopy of model_options keeps sharing it."""
+    calls = []
+
+    def spy(func, *args, **kwargs):
+        calls.append((args, dict(kwargs)))
+        return func(*args, **kwargs)
+
+    spied = model.clone()
+    spied.model_options.setdefault("transformer_options", {})["optimized_attention_override"] = spy
+    return spied, calls
+
+
+def _stock_probs(args, kwargs):
+    """softmax(q k^T / sqrt(d)) over all keys as [B, H, L, L], from the arguments ComfyUI's attention received."""
+    q, k = args[0], args[1]
+    heads = args[3] if len(args) > 3 else kwargs["heads"]
+    if not kwargs.get("skip_reshape", False):
+        b, n, inner = q.shape
+        q, k = (t.reshape(b, n, heads, inner // heads).transpose(1, 2) for t in (q, k))
+    return torch.softmax((q.double() @ k.double().transpose(-1, -2)) / q.shape[-1] ** 0.5, dim=-1)
+
+
+def test_captured_maps_are_the_image_rows_over_text_columns(comfy, flow):
+    """Maps recorded on the clone are the model's own joint-attention probabilities (recomputed from the q, k that
+    ComfyUI's attention received, seen through an existing override, which is still called) restricted to image
+    queries and text keys: rows sum to < 1 over text columns and to 1 with the image columns."""
+    family, model, cond, _, _ = flow
+    guided_flow = _module(comfy, "nodes.guided_flow")
+    spied, calls = _with_spy(model)
+    patched, run = guided_flow.patched_flow_model(spied, guided_flow.DEFAULT_OPTIONS)
+    run.branch_of_flag = {0: "positive"}
+    run.maps.record()
+    sampler = comfy.call_node("KSamplerSelect", sampler_name="euler")[0]
+    sigmas = torch.tensor([0.8, 0.0])
+    out = comfy.call_node("SamplerCustom", model=patched, add_noise=False, noise_seed=0, cfg=1.0, positive=cond,
+                          negative=cond, sampler=sampler, sigmas=sigmas, latent_image=_latent())[0]["samples"]
+    run.maps.off()
+    plain = comfy.call_node("SamplerCustom", model=model, add_noise=False, noise_seed=0, cfg=1.0, positive=cond,
+                            negative=cond, sampler=sampler, sigmas=sigmas, latent_image=_latent())[0]["samples"]
+    torch.testing.assert_close(out, plain, atol=1e-5, rtol=1e-5)  # recording does not change the output
+
+    dm = model.model.diffusion_model
+    n_blocks = len(dm.joint_blocks) if family == "sd3" else len(dm.double_blocks)
+    heads = 2
+    n_img, n_txt = (8 // 2) ** 2, 77
+    assert sorted(k for k, _ in run.maps.reference) == [("double_block", i) for i in range(n_blocks)]
+    joint = [(a, kw) for a, kw in calls if (a[1].shape[-2] if kw.get("skip_reshape") else a[1].shape[1])
+             == n_txt + n_img]
+    assert len(joint) >= n_blocks  # the joint calls reached the existing override
+    for i in range(n_blocks):
+        maps = run.maps.reference[(("double_block", i), "positive")]
+        assert maps.shape == (heads, n_img, n_txt)
+        rows = maps.double().sum(-1)
+        assert bool((rows < 1).all()) and bool((rows > 0).all())
+        full = _stock_probs(*joint[i])[0]  # text first in both families' joint token order
+        torch.testing.assert_close(full.sum(-1), torch.ones_like(full.sum(-1)))
+        torch.testing.assert_close(maps.double(), full[:, n_txt:, :n_txt], atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(rows + full[:, n_txt:, n_txt:].sum(-1), torch.ones_like(rows), atol=1e-5, rtol=0)
+
+
+def test_guidance_lowers_the_joint_attention_map_loss(comfy, flow):
+    family, model, cond, edited, negative = flow
+    inverted = _invert(comfy, model, cond, _latent(seed=2))[0]
+    tuned = _options(comfy, model)
+    off, on = {}, {}
+    e0 = _edit(comfy, tuned, cond, inverted, edited, 0.0, results=off)[0]["samples"]
+    e1 = _edit(comfy, tuned, cond, inverted, edited, 1.0, results=on)[0]["samples"]
+    loss_off = [step["edited"] for step in off["losses"]]
+    loss_on = [step["edited"] for step in on["losses"]]
+    assert len(loss_off) == len(loss_on) == STEPS
+    assert loss_on[0] == pytest.approx(loss_off[0], rel=1e-5)  # the same start: the guidance acts from step 1
+    # every later step's loss is lower (the same deterministic run but for the gradient steps: no rounding noise)
+    assert all(a < b for a, b in zip(loss_on[1:], loss_off[1:])), (loss_on, loss_off)
+    assert not torch.allclose(e0, e1)
+
+
+def test_guided_fraction_limits_the_guided_steps(comfy, flow):
+    family, model, cond, edited, _ = flow
+    inverted = _invert(comfy, model, cond, _latent(seed=2))[0]
+    results = {}
+    _edit(comfy, _options(comfy, model, fraction=0.5), cond, inverted, edited, 0.5, results=results)
+    assert [bool(step) for step in results["losses"]] == [True, True, False, False]
+
+
+def test_lambda_zero_equals_stock_samplercustom(comfy, flow):
+    """lambda 0 and an edit equal to the caption (a zero direction): both outputs are stock SamplerCustom (euler,
+    the inversion's sigmas, no added noise) with SD 3.x's CFG against a real negative, Flux at cfg 1 (no negative
+    pass). Tolerance: float32 rounding of differently batched model calls (measured ~1e-6)."""
+    family, model, cond, _, negative = flow
+    inverted, sigmas = _invert(comfy, model, cond, _latent(seed=5))
+    cfg = 3.0 if family == "sd3" else 1.0
+    edit, ref = _edit(comfy, model, cond, inverted, [[cond[0][0].clone(), dict(cond[0][1])]], 0.0, cfg=cfg,
+                      negative=negative)
+    stock = _stock(comfy, model, cond, negative, inverted, sigmas, cfg)
+    torch.testing.assert_close(ref["samples"], stock, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(edit["samples"], stock, atol=1e-4, rtol=1e-4)
+    assert "p2pz_inversion" not in edit
+
+
+def test_batch_equals_singles(comfy, flow):
+    family, model, cond, edited, _ = flow
+    latent = _latent(batch=2, seed=6)
+    inverted = _invert(comfy, model, cond, latent)[0]
+    both = _edit(comfy, _options(comfy, model), cond, inverted, edited, 0.5)[0]["samples"]
+    for i in range(2):
+        single = dict(inverted, samples=inverted["samples"][i:i + 1],
+                      p2pz_inversion=dict(inverted["p2pz_inversion"], shape=[1, 16, 8, 8]))
+        one = _edit(comfy, _options(comfy, model), cond, single, edited, 0.5)[0]["samples"]
+        torch.testing.assert_close(both[i:i + 1], one, atol=1e-4, rtol=1e-4)
+
+
+def test_model_unchanged_and_stock_sampler_same_before_and_after(comfy, flow):
+    family, model, cond, edited, _ = flow
+    latent = _latent(seed=4)
+
+    def ksampler():
+        return comfy.call_node("KSampler", model=model, seed=3, steps=3, cfg=2.0, sampler_name="euler",
+                               scheduler="simple", positive=cond, negative=cond, latent_image=latent,
+                               denoise=1.0)[0]["samples"]
+
+    options_before = repr(model.model_options)
+    weights = {k: v.clone() for k, v in model.model.state_dict().items()}
+    before = ksampler()
+    inverted = _invert(comfy, model, cond, latent)[0]
+    _edit(comfy, _options(comfy, model), cond, inverted, edited, 0.5)
+    _edit(comfy, model, cond, inverted, edited, 0.5)
+    after = ksampler()
+    assert torch.equal(before, after)
+    assert repr(model.model_options) == options_before and not model.patches
+    assert all(torch.equal(v, weights[k]) and not v.requires_grad for k, v in model.model.state_dict().items())
+
+
+def test_existing_override_is_still_called(comfy, flow):
+    """Another pack's override keeps working: called on every attention while no maps are wanted (unguided steps),
+    producing the output in the map passes too; results equal the run without it."""
+    family, model, cond, edited, _ = flow
+    inverted = _invert(comfy, model, cond, _latent(seed=8))[0]
+    spied, calls = _with_spy(_options(comfy, model, fraction=0.5))
+    with_spy = _edit(comfy, spied, cond, inverted, edited, 0.5)[0]["samples"]
+    without = _edit(comfy, _options(comfy, model, fraction=0.5), cond, inverted, edited, 0.5)[0]["samples"]
+    assert calls
+    torch.testing.assert_close(with_spy, without, atol=1e-4, rtol=1e-4)
+
+
+def test_flux_gradient_block_equals_comfyui_block(comfy, pack_nodes):
+    """The gradient pass's out-of-place Flux double block gives ComfyUI's block output (ComfyUI's adds in place)."""
+    guided_flow = _module(comfy, "nodes.guided_flow")
+    model, width, pooled = tiny_models.tiny_mmdit_model("flux", seed=3)
+    block = model.model.diffusion_model.double_blocks[0]
+    g = torch.Generator().manual_seed(0)
+    img, txt, vec = torch.randn(1, 16, 32, generator=g), torch.randn(1, 7, 32, generator=g), torch.randn(1, 32, generator=g)
+    ids = torch.zeros(1, 23, 3)
+    ids[0, 7:, 1] = torch.arange(16) // 4
+    ids[0, 7:, 2] = torch.arange(16) % 4
+    pe = model.model.diffusion_model.pe_embedder(ids)
+    with torch.no_grad():
+        stock_img, stock_txt = block(img=img.clone(), txt=txt.clone(), vec=vec, pe=pe, transformer_options={})
+        ours_img, ours_txt = guided_flow.flux_double_block_out_of_place(block, img, txt, vec, pe)
+    torch.testing.assert_close(ours_img, stock_img, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ours_txt, stock_txt, atol=1e-5, rtol=1e-5)
+
+
+def test_block_checkpointing_gives_the_same_edit(comfy, flow):
+    """Recomputing blocks in the backward (the default) gives the gradient of the plain backward, whose in-place
+    checks autograd enforces."""
+    family, model, cond, edited, _ = flow
+    inverted = _invert(comfy, model, cond, _latent(seed=9))[0]
+    a = _edit(comfy, _options(comfy, model, checkpoint=True), cond, inverted, edited, 1.0)[0]["samples"]
+    b = _edit(comfy, _options(comfy, model, checkpoint=False), cond, inverted, edited, 1.0)[0]["samples"]
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-5)
+
+
+def test_clear_errors(comfy, flow):
+    family, model, cond, edited, _ = flow
+    plain = _latent()
+    with pytest.raises(ValueError, match="inverted_latent output of Invert Latent"):
+        _edit(comfy, model, cond, plain, edited, 0.1)
+    inverted = _invert(comfy, model, cond, _latent())[0]
+    with pytest.raises(ValueError, match="exactly one"):
+        comfy.call_node(NODE, model=model, positive=cond, inverted_latent=inverted, steps=STEPS, cfg=1.0,
+                        lambda_xa=0.1, guidance="paper")
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_block_stride_guides_every_other_block(comfy, pack_nodes, family):
+    """block_stride 2: SD3's two joint blocks -> block 0 guided, the gradient pass stops after it; Flux's three
+    double blocks -> blocks 0 and 2, the unguided block 1 between them is differentiated too (out of place, as
+    ComfyUI's in-place block cannot be). The guidance still lowers the loss."""
+    extra = {"double_blocks": 3} if family == "flux" else {}
+    model, width, pooled = tiny_models.tiny_mmdit_model(family, seed=11, **extra)
+    cond = tiny_models.tiny_flow_conditioning(width, pooled, seed=1, scale=4.0)
+    edited = tiny_models.tiny_flow_conditioning(width, pooled, seed=2, scale=4.0)
+    inverted = _invert(comfy, model, cond, _latent(seed=2))[0]
+    guided_flow = _module(comfy, "nodes.guided_flow")
+    _, run = guided_flow.patched_flow_model(model, dict(guided_flow.DEFAULT_OPTIONS, block_stride=2))
+    assert run.guided_blocks == ({("double_block", 0), ("double_block", 2)} if family == "flux"
+                                 else {("double_block", 0)})
+    tuned = {s: _options(comfy, model, stride=s) for s in (1, 2)}
+    off, on = {}, {}
+    _edit(comfy, tuned[2], cond, inverted, edited, 0.0, results=off)
+    _edit(comfy, tuned[2], cond, inverted, edited, 1.0, results=on)
+    assert all(a < b for a, b in zip([s["edited"] for s in on["losses"]][1:], [s["edited"] for s in off["losses"]][1:]))
+    every = {}
+    _edit(comfy, tuned[1], cond, inverted, edited, 0.0, results=every)
+    assert every["losses"][0]["edited"] > off["losses"][0]["edited"]  # more blocks' maps than with stride 2
