@@ -9,6 +9,7 @@ import latent_preview
 from ..core import SCHEDULES, check_latent, invert_latent, inversion_schedule
 from ..core.sigma_space import denoised_from_eps, start_noise
 from .common import CATEGORY, INVERSION_KEY, SEED_INPUT, check_conditioning_batch, discrete_model_sampling
+from .guided import with_fast_attention
 
 
 def _inversion_sampler(schedule, generator, reg):
@@ -76,7 +77,7 @@ class InvertLatent:
         generator = torch.Generator(device="cpu").manual_seed(seed)
         reg = dict(lambda_ac=lambda_ac, lambda_kl=lambda_kl, num_reg_steps=reg_steps, num_ac_rolls=ac_rolls)
 
-        guider = comfy.samplers.CFGGuider(model)  # cfg 1: only the caption is evaluated, as the references
+        guider = comfy.samplers.CFGGuider(with_fast_attention(model))  # cfg 1: only the caption, as the references
         guider.inner_set_conds({"positive": conditioning})
         callback = latent_preview.prepare_callback(model, inv_schedule.steps)
         inverted = guider.sample(
