@@ -94,6 +94,7 @@ class AttentionMaps:
         self.reference: dict[tuple[Hashable, str], torch.Tensor] = {}
         self.targets: dict[str, str] = {}
         self.copies = 1
+        self.maps_only = False
         self.losses: dict[str, torch.Tensor] = {}
 
     @property
@@ -106,21 +107,31 @@ class AttentionMaps:
         self.reference.clear()
         self.losses = {}
 
-    def compare(self, targets: Mapping[str, str], copies: int) -> None:
+    def compare(self, targets: Mapping[str, str], copies: int, maps_only: bool = False) -> None:
         """Start an edit pass: branch b's maps are compared with the recorded maps of branch targets[b].
 
         copies: how many CFG copies the references batch (2 with CFG, 1 without); the loss of a layer with h heads
-        is divided by copies * h, the references' mean over their rows."""
+        is divided by copies * h, the references' mean over their rows. maps_only: the caller uses nothing of this
+        pass but the losses, so a host may stop the model once it has observed every recorded layer
+        (`reference_layers`): what runs after the last cross-attention layer cannot change the loss."""
         self.mode = "compare"
         self.targets = dict(targets)
         self.copies = int(copies)
+        self.maps_only = bool(maps_only)
         self.losses = {}
+
+    @property
+    def reference_layers(self) -> set:
+        """The layers the reference pass recorded (what a compare pass must observe)."""
+        return {layer for layer, _ in self.reference}
 
     def off(self) -> None:
         self.mode = "off"
+        self.maps_only = False
 
     def clear(self) -> None:
         self.mode = "off"
+        self.maps_only = False
         self.reference.clear()
         self.losses = {}
 

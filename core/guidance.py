@@ -145,13 +145,14 @@ class GuidedEditor:
 
     def _gradient_step(self, x: torch.Tensor, sigma: float, targets: Mapping[str, str]):
         """One UNet pass with gradients on a copy of x per guided branch; returns the stepped copies and losses."""
-        self.maps.compare(targets, copies=2 if self.use_cfg else 1)
+        # maps_only: the noise prediction of this pass is not used (as the references), only the map loss.
+        self.maps.compare(targets, copies=2 if self.use_cfg else 1, maps_only=True)
         try:
             # Hosts may run under torch.inference_mode (ComfyUI does): leave it for this pass and make the leaves
             # normal tensors, so autograd can save what it needs.
             with torch.inference_mode(False), torch.enable_grad():
                 leaves = {b: x.detach().clone().requires_grad_(True) for b in targets}
-                self.denoise(leaves, sigma)  # the noise prediction of this pass is not used (as the references)
+                self.denoise(leaves, sigma)  # its output is not used: hosts may return early (maps_only)
                 if set(self.maps.losses) != set(targets):
                     raise RuntimeError(
                         "the model produced no cross-attention maps for the branches "

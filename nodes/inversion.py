@@ -12,6 +12,7 @@ from ..core.schedule import FLOW_KIND, regeneration_sigmas
 from ..core.sigma_space import denoised_from_eps, start_noise
 from .common import (CATEGORY, INVERSION_KEY, SEED_INPUT, check_conditioning_batch, discrete_model_sampling,
                      flow_model_sampling, is_flow_model)
+from .guided import with_fast_attention
 
 
 def _inversion_sampler(schedule, generator, reg):
@@ -57,7 +58,8 @@ def _flow_inversion_sampler(levels, generator, reg):
 
 
 def _run_inversion(model, conditioning, samples, sampler, sigmas, steps, seed):
-    guider = comfy.samplers.CFGGuider(model)  # cfg 1: only the caption is evaluated, as the references
+    # cfg 1: only the caption is evaluated, as the references; SDPA where ComfyUI chose a slow CPU attention
+    guider = comfy.samplers.CFGGuider(with_fast_attention(model))
     guider.inner_set_conds({"positive": conditioning})
     callback = latent_preview.prepare_callback(model, steps)
     return guider.sample(

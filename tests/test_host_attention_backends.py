@@ -200,3 +200,28 @@ def test_no_repatch_and_no_weight_copies(comfy, monkeypatch, setup):
     assert patched == [] and functions == []
     assert torch.equal(before, after)
     assert all(p.is_inference() for p in lora.model.diffusion_model.parameters())  # originals put back
+
+
+def test_gradient_pass_stops_at_the_last_cross_attention_layer_with_the_same_gradient(comfy, monkeypatch, setup):
+    """The gradient pass only uses its map loss: it ends once the last recorded cross-attention layer is observed.
+    Running the whole UNet instead (maps_only off) gives bit-identical gradient steps and edit."""
+    guided = _module(comfy, "nodes.guided")
+    attention_maps = _module(comfy, "core.attention").AttentionMaps
+    stops = []
+    raise_ = guided._MapsComplete.__init__
+
+    def counting(self, *args):
+        stops.append(1)
+        raise_(self, *args)
+
+    monkeypatch.setattr(guided._MapsComplete, "__init__", counting)
+    stopped = _guided_run(comfy, monkeypatch, setup, "attention_pytorch")
+    assert len(stops) >= STEPS  # one gradient pass per step, each ended early
+    compare = attention_maps.compare
+    with monkeypatch.context() as m:
+        m.setattr(attention_maps, "compare", lambda self, targets, copies, maps_only=False: compare(self, targets, copies))
+        stops.clear()
+        whole = _guided_run(comfy, m, setup, "attention_pytorch")
+    assert not stops
+    assert torch.equal(stopped[0], whole[0])
+    assert all(torch.equal(a[b], w[b]) for a, w in zip(stopped[1], whole[1]) for b in w)
