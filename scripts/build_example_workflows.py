@@ -490,7 +490,7 @@ def sd35_photo(defs, classes):
                   properties={"models": [CLIP_L, CLIP_G, T5XXL_FP8]})
     sampling = g.node("ModelSamplingSD3", (0, 0), {"shift": 3.0}, size=(300, 58))
     g.link(ckpt, 0, sampling, "model")
-    options = g.node("P2PZ_MMDiTGuidanceOptions", (0, 0), size=(300, 106))
+    options = g.node("P2PZ_MMDiTGuidanceOptions", (0, 0), size=(300, 106), title="Guided Edit Options")
     g.link(sampling, 0, options, "model")
     prep = mmdit_photo(g, (sampling, 0), (clip, 0), (ckpt, 2))
     out = mmdit_edit(g, options, (ckpt, 2), prep["positive"], prep["invert"], prep["direction"], 4.5,
@@ -508,11 +508,11 @@ def flux_photo(defs, classes):
     """Flux-dev: the diffusion model, T5 + CLIP-L and the VAE from their own loaders; ModelSamplingFlux -> Guided
     Edit Options (block_stride 2) -> Guided Edit; the caption at FluxGuidance 3.5 (no negative pass)."""
     g = Graph(defs, classes)
-    note = g.note("## pix2pix-zero on Flux-dev (cat -> dog)\n\nInstall: `flux1-dev-fp8` in "
-                  "`models/diffusion_models`, `t5xxl_fp8_e4m3fn_scaled` and `clip_l` in `models/text_encoders`, "
-                  "`ae` in `models/vae`. Flux runs at the caption's embedded guidance (no negative, cfg ignored); "
-                  "block_stride 2 halves the guided blocks. " + MMDIT_NOTE_END, (0, 0), size=(300, 150),
-                  title="Start here: Flux photo edit")
+    note = g.note("## pix2pix-zero on Flux-dev (cat -> dog)\n\n`flux1-dev-fp8` in `models/diffusion_models`; "
+                  "`t5xxl_fp8_e4m3fn_scaled`, `clip_l` in `models/text_encoders`; `ae` in `models/vae`. Runs at the "
+                  "caption's FluxGuidance (cfg, negative ignored); block_stride 2 guides every other block. A 24 GB "
+                  "GPU fits SD 3.5 Medium at 1024 px with the defaults (README: \"MMDiT models\").", (0, 0),
+                  size=(300, 160), title="Start here: Flux photo edit")
     unet = g.node("UNETLoader", (0, 0), {"unet_name": FLUX_DEV_FP8["name"]}, size=(300, 82),
                   properties={"models": [FLUX_DEV_FP8]})
     clip = g.node("DualCLIPLoader", (0, 0), {"clip_name1": CLIP_L["name"], "clip_name2": T5XXL_FP8["name"],
@@ -522,7 +522,8 @@ def flux_photo(defs, classes):
                  properties={"models": [FLUX_VAE]})
     sampling = g.node("ModelSamplingFlux", (0, 0), {"width": 1024, "height": 1024}, size=(300, 122))
     g.link(unet, 0, sampling, "model")
-    options = g.node("P2PZ_MMDiTGuidanceOptions", (0, 0), {"block_stride": 2}, size=(300, 106))
+    options = g.node("P2PZ_MMDiTGuidanceOptions", (0, 0), {"block_stride": 2}, size=(300, 106),
+                     title="Guided Edit Options")
     g.link(sampling, 0, options, "model")
     guidance = g.node("FluxGuidance", (0, 0), {"guidance": 3.5}, size=(250, 60))
     prep = mmdit_photo(g, (sampling, 0), (clip, 0), (vae, 0), caption_then=guidance)
