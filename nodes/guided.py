@@ -381,7 +381,8 @@ class GuidedEdit:
         "pix2pix-zero's editing sampler: regenerates the inverted latent twice in lock step, once with the caption "
         "(the reconstruction) and once with the caption moved along the edit direction, and at every step nudges "
         "the edit's latent so its cross-attention maps stay those of the reconstruction: the edit changes what "
-        "the direction names while the image's layout survives."
+        "the direction names while the image's layout survives. SD 3.x and Flux: the same with the maps of their "
+        "joint attention (Flux at its embedded guidance, without a negative pass)."
     )
     CATEGORY = CATEGORY
     FUNCTION = "edit"
@@ -396,16 +397,16 @@ class GuidedEdit:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "model": ("MODEL", {"tooltip": "The SD 1.x, SD 2.x or SDXL model used for the inversion. It is not modified; LoRAs and other patches on it apply."}),
-                "positive": ("CONDITIONING", {"tooltip": "The caption of the image (CLIPTextEncode), the same conditioning used for the inversion."}),
+                "model": ("MODEL", {"tooltip": "The model used for the inversion: SD 1.x, SD 2.x, SDXL, or SD 3.x / Flux (flow models, e.g. through ModelSamplingSD3 / ModelSamplingFlux and Guided Edit Options). It is not modified; LoRAs and other patches on it apply."}),
+                "positive": ("CONDITIONING", {"tooltip": "The caption of the image (CLIPTextEncode), the same conditioning used for the inversion. Flux-dev: its embedded guidance (FluxGuidance, 3.5) is what the edit runs at."}),
                 "inverted_latent": ("LATENT", {"tooltip": "The inverted_latent output of P2PZ_InvertLatent (or a latent inverted with the same steps by stock nodes)."}),
                 "steps": ("INT", {"default": 50, "min": 1, "max": 500, "tooltip": "DDIM steps, used only for a latent without pix2pix-zero's inversion record (e.g. inverted with stock nodes: set its inversion's steps). A latent from Invert Latent or Noise Latent brings its own steps and this value is ignored."}),
-                "cfg": ("FLOAT", {"default": 5.0, "min": CFG_RANGE[0], "max": CFG_RANGE[1], "step": 0.1, "round": 0.01, "tooltip": "Classifier-free guidance scale. 5 with the caption as negative for real images (the authors' setting); 1 turns CFG off."}),
+                "cfg": ("FLOAT", {"default": 5.0, "min": CFG_RANGE[0], "max": CFG_RANGE[1], "step": 0.1, "round": 0.01, "tooltip": "Classifier-free guidance scale. 5 with the caption as negative for real images (the authors' setting); 1 turns CFG off. SD 3.x: CFG as here (4.5 is usual). Flux: ignored (it runs at the conditioning's embedded guidance, no negative pass)."}),
                 "lambda_xa": ("FLOAT", {"default": 0.1, "min": LAMBDA_RANGE[0], "max": LAMBDA_RANGE[1], "step": 0.005, "round": 0.0001, "tooltip": "Cross-attention guidance strength: 0.1 for real images, 0.15 for generated ones; v-prediction models (SD 2.x 768) need <= 0.01. 0 turns the guidance off (a plain prompt edit)."}),
-                "guidance": (list(GUIDANCE_MODES), {"default": "references", "tooltip": "references: as the authors' code and diffusers (both CFG copies guided, the negative copy carried on). paper: the paper's formulation (only the edited branch guided, the guided latent carried on)."}),
+                "guidance": (list(GUIDANCE_MODES), {"default": "references", "tooltip": "references: as the authors' code and diffusers (both CFG copies guided, the negative copy carried on). paper: the paper's formulation (only the edited branch guided, the guided latent carried on). SD 3.x / Flux always carry the guided latent: ignored there."}),
             },
             "optional": {
-                "negative": ("CONDITIONING", {"tooltip": "Negative prompt. Not connected: the caption itself, the authors' setting for real images (its reference pass then costs one model call per step instead of two). Use an empty prompt for generated images."}),
+                "negative": ("CONDITIONING", {"tooltip": "Negative prompt. Not connected: the caption itself, the authors' setting for real images (its reference pass then costs one model call per step instead of two); also on SD 3.x. Use an empty prompt for generated images. Flux: ignored (no negative pass)."}),
                 "direction": (DIRECTION_TYPE, {"tooltip": "The edit direction (e.g. cat -> dog), added to every token of the caption."}),
                 "direction_multiplier": ("FLOAT", {"default": 1.0, "min": -5.0, "max": 5.0, "step": 0.05, "tooltip": "Scales the direction (the authors' demo uses 0..2; negative values reverse the edit)."}),
                 "edited_positive": ("CONDITIONING", {"tooltip": "An already edited caption conditioning, used instead of a direction (same prompt length as the caption)."}),

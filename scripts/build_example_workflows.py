@@ -34,12 +34,49 @@ SYNTHETIC = "pix2pix_zero_2_generate_then_edit.json"
 BUILD_DIRECTION = "pix2pix_zero_3_build_and_save_direction.json"
 REUSE_DIRECTION = "pix2pix_zero_4_edit_with_saved_direction.json"
 STUDENT = "pix2pix_zero_5_fast_student.json"
+SD35_PHOTO = "pix2pix_zero_6_sd35_edit_a_photo.json"
+FLUX_PHOTO = "pix2pix_zero_7_flux_edit_a_photo.json"
 
 SD15 = {
     "name": "v1-5-pruned-emaonly-fp16.safetensors",
     "url": "https://huggingface.co/Comfy-Org/stable-diffusion-v1-5-archive/resolve/main/"
            "v1-5-pruned-emaonly-fp16.safetensors?download=true",
     "directory": "checkpoints",
+}
+
+# The MMDiT examples' files. Names, URLs and folders as ComfyUI's own templates (the comfyui-workflow-templates
+# package: flux_kontext_dev_basic, flux_depth_lora_example, flux_dev_full_text_to_image) give them, except SD 3.5
+# Medium and CLIP-G, which no template names: the Medium checkpoint is Stability AI's own file (a gated repository:
+# accept its licence on Hugging Face first; it holds no text encoders), CLIP-G is Comfy-Org's SD 3.5 repackaging.
+SD35_MEDIUM = {
+    "name": "sd3.5_medium.safetensors",
+    "url": "https://huggingface.co/stabilityai/stable-diffusion-3.5-medium/resolve/main/sd3.5_medium.safetensors",
+    "directory": "checkpoints",
+}
+CLIP_L = {
+    "name": "clip_l.safetensors",
+    "url": "https://huggingface.co/comfyanonymous/flux_text_encoders/resolve/main/clip_l.safetensors",
+    "directory": "text_encoders",
+}
+CLIP_G = {
+    "name": "clip_g.safetensors",
+    "url": "https://huggingface.co/Comfy-Org/stable-diffusion-3.5-fp8/resolve/main/text_encoders/clip_g.safetensors",
+    "directory": "text_encoders",
+}
+T5XXL_FP8 = {
+    "name": "t5xxl_fp8_e4m3fn_scaled.safetensors",
+    "url": "https://huggingface.co/comfyanonymous/flux_text_encoders/resolve/main/t5xxl_fp8_e4m3fn_scaled.safetensors",
+    "directory": "text_encoders",
+}
+FLUX_DEV_FP8 = {
+    "name": "flux1-dev-fp8.safetensors",
+    "url": "https://huggingface.co/Comfy-Org/flux1-dev/resolve/main/flux1-dev-fp8.safetensors",
+    "directory": "diffusion_models",
+}
+FLUX_VAE = {
+    "name": "ae.safetensors",
+    "url": "https://huggingface.co/Comfy-Org/Lumina_Image_2.0_Repackaged/resolve/main/split_files/vae/ae.safetensors",
+    "directory": "vae",
 }
 
 
@@ -383,6 +420,125 @@ def student_apply(defs, classes):
     g.write(STUDENT, "Fast student: one edit in one pass")
 
 
+def mmdit_photo(g, model, clip, vae, caption_then=None, size=1024):
+    """The photo chain of the MMDiT examples: LoadImage -> 1024 x 1024 -> BLIP caption -> caption conditioning (then
+    ``caption_then``, e.g. FluxGuidance); VAEEncode -> InvertLatent (28 steps); the cat -> dog direction from the same
+    CLIP. ``model``, ``clip``, ``vae``: (node, output slot)."""
+    image = g.node("LoadImage", (0, 0), {"image": "example.png"}, size=(250, 250))
+    scaled = g.node("ImageScale", (0, 0), {"upscale_method": "lanczos", "width": size, "height": size,
+                                          "crop": "center"}, size=(230, 130))
+    g.link(image, 0, scaled, "image")
+    blip = g.node("P2PZ_BLIPCaption", (0, 0), {"blip_model": "blip-image-captioning-base"}, size=(250, 180))
+    g.link(scaled, 0, blip, "image")
+    caption = g.node("P2PZ_EncodeCaptions", (0, 0), size=(320, 50))
+    g.link(clip[0], clip[1], caption, "clip")
+    g.link(blip, 0, caption, "captions")
+    positive = caption
+    if caption_then is not None:
+        g.link(caption, 0, caption_then, "conditioning")
+        positive = caption_then
+    latent = g.node("VAEEncode", (0, 0), size=(230, 50))
+    g.link(scaled, 0, latent, "pixels")
+    g.link(vae[0], vae[1], latent, "vae")
+    invert = g.node("P2PZ_InvertLatent", (0, 0), {"steps": 28}, size=(320, 270))
+    g.link(model[0], model[1], invert, "model")
+    g.link(positive, 0, invert, "conditioning")
+    g.link(latent, 0, invert, "latent")
+    direction = g.node("P2PZ_BuildDirection", (0, 0), {"source": "cat", "target": "dog", "count": 1000},
+                       size=(250, 360))
+    g.link(clip[0], clip[1], direction, "clip")
+    return {"image": image, "scaled": scaled, "blip": blip, "caption": caption, "positive": positive,
+            "latent": latent, "invert": invert, "direction": direction}
+
+
+def mmdit_edit(g, model, vae, positive, start, direction, cfg, prefix):
+    """GuidedEdit (28 steps: the inversion's) -> VAEDecode -> SaveImage; the reconstruction -> PreviewImage."""
+    edit = g.node("P2PZ_GuidedEdit", (0, 0), {"steps": 28, "cfg": cfg, "lambda_xa": 0.1}, size=(390, 260))
+    g.link(model, 0, edit, "model")
+    g.link(positive, 0, edit, "positive")
+    g.link(start, 0, edit, "inverted_latent")
+    g.link(direction, 0, edit, "direction")
+    decoded = g.node("VAEDecode", (0, 0), size=(240, 50))
+    g.link(edit, 0, decoded, "samples")
+    g.link(vae[0], vae[1], decoded, "vae")
+    save = g.node("SaveImage", (0, 0), {"filename_prefix": f"pix2pix-zero/{prefix}"}, size=(240, 180))
+    g.link(decoded, 0, save, "images")
+    recon = g.node("VAEDecode", (0, 0), size=(240, 50), title="VAE Decode (reconstruction)")
+    g.link(edit, 1, recon, "samples")
+    g.link(vae[0], vae[1], recon, "vae")
+    preview = g.node("PreviewImage", (0, 0), size=(240, 160), title="Reconstruction")
+    g.link(recon, 0, preview, "images")
+    return {"edit": edit, "decoded": decoded, "save": save, "recon": recon, "preview": preview}
+
+
+MMDIT_NOTE_END = ("BLIP writes the caption (into `models/blip/` on first use). A 24 GB GPU fits SD 3.5 Medium at "
+                  "1024 px with the default options (README: \"MMDiT models\", the memory estimate).")
+
+
+def sd35_photo(defs, classes):
+    """SD 3.5 Medium: the checkpoint (MODEL, VAE) with the three text encoders; ModelSamplingSD3 shift 3 -> Guided
+    Edit Options -> Guided Edit (cfg 4.5 with the caption as negative)."""
+    g = Graph(defs, classes)
+    note = g.note("## pix2pix-zero on SD 3.5 Medium (cat -> dog)\n\nInstall: `sd3.5_medium.safetensors` in "
+                  "`models/checkpoints` (Stability AI's gated repository: accept the licence first); `clip_g`, "
+                  "`clip_l`, `t5xxl_fp8_e4m3fn_scaled` in `models/text_encoders`. " + MMDIT_NOTE_END, (0, 0),
+                  size=(300, 180), title="Start here: SD 3.5 photo edit")
+    ckpt = g.node("CheckpointLoaderSimple", (0, 0), {"ckpt_name": SD35_MEDIUM["name"]}, size=(300, 100),
+                  properties={"models": [SD35_MEDIUM]})
+    clip = g.node("TripleCLIPLoader", (0, 0), {"clip_name1": CLIP_L["name"], "clip_name2": CLIP_G["name"],
+                                               "clip_name3": T5XXL_FP8["name"]}, size=(300, 106),
+                  properties={"models": [CLIP_L, CLIP_G, T5XXL_FP8]})
+    sampling = g.node("ModelSamplingSD3", (0, 0), {"shift": 3.0}, size=(300, 58))
+    g.link(ckpt, 0, sampling, "model")
+    options = g.node("P2PZ_MMDiTGuidanceOptions", (0, 0), size=(300, 106), title="Guided Edit Options")
+    g.link(sampling, 0, options, "model")
+    prep = mmdit_photo(g, (sampling, 0), (clip, 0), (ckpt, 2))
+    out = mmdit_edit(g, options, (ckpt, 2), prep["positive"], prep["invert"], prep["direction"], 4.5,
+                     "sd35_cat_to_dog")
+    x = column(0, 0, [note, ckpt, clip, sampling, options]) + GAP_X
+    top = [prep[k] for k in ("image", "scaled", "latent", "blip", "caption", "invert", "direction")]
+    columns(x, 0, [[prep["image"]], [prep["scaled"], prep["latent"]], [prep["blip"]],
+                   [prep["caption"], prep["invert"]], [prep["direction"]]])
+    columns(x, bottom(top) + 2 * GAP_Y, [[out["edit"]], [out["decoded"], out["recon"]],
+                                         [out["save"], out["preview"]]])
+    g.write(SD35_PHOTO, "SD 3.5 Medium: edit a photo")
+
+
+def flux_photo(defs, classes):
+    """Flux-dev: the diffusion model, T5 + CLIP-L and the VAE from their own loaders; ModelSamplingFlux -> Guided
+    Edit Options (block_stride 2) -> Guided Edit; the caption at FluxGuidance 3.5 (no negative pass)."""
+    g = Graph(defs, classes)
+    note = g.note("## pix2pix-zero on Flux-dev (cat -> dog)\n\n`flux1-dev-fp8` in `models/diffusion_models`; "
+                  "`t5xxl_fp8_e4m3fn_scaled`, `clip_l` in `models/text_encoders`; `ae` in `models/vae`. Runs at the "
+                  "caption's FluxGuidance (cfg, negative ignored); block_stride 2 guides every other block. A 24 GB "
+                  "GPU fits SD 3.5 Medium at 1024 px with the defaults (README: \"MMDiT models\").", (0, 0),
+                  size=(300, 160), title="Start here: Flux photo edit")
+    unet = g.node("UNETLoader", (0, 0), {"unet_name": FLUX_DEV_FP8["name"]}, size=(300, 82),
+                  properties={"models": [FLUX_DEV_FP8]})
+    clip = g.node("DualCLIPLoader", (0, 0), {"clip_name1": CLIP_L["name"], "clip_name2": T5XXL_FP8["name"],
+                                             "type": "flux"}, size=(300, 106),
+                  properties={"models": [CLIP_L, T5XXL_FP8]})
+    vae = g.node("VAELoader", (0, 0), {"vae_name": FLUX_VAE["name"]}, size=(230, 58),
+                 properties={"models": [FLUX_VAE]})
+    sampling = g.node("ModelSamplingFlux", (0, 0), {"width": 1024, "height": 1024}, size=(300, 122))
+    g.link(unet, 0, sampling, "model")
+    options = g.node("P2PZ_MMDiTGuidanceOptions", (0, 0), {"block_stride": 2}, size=(300, 106),
+                     title="Guided Edit Options")
+    g.link(sampling, 0, options, "model")
+    guidance = g.node("FluxGuidance", (0, 0), {"guidance": 3.5}, size=(250, 60))
+    prep = mmdit_photo(g, (sampling, 0), (clip, 0), (vae, 0), caption_then=guidance)
+    out = mmdit_edit(g, options, (vae, 0), prep["positive"], prep["invert"], prep["direction"], 1.0,
+                     "flux_cat_to_dog")
+    left = [note, unet, clip]
+    x = column(0, 0, left) + GAP_X
+    top = [prep[k] for k in ("image", "scaled", "latent", "blip", "caption", "invert", "direction")] + [vae, guidance]
+    columns(x, 0, [[prep["image"]], [prep["scaled"], vae, prep["latent"]], [prep["blip"], guidance],
+                   [prep["caption"], prep["invert"]], [prep["direction"]]])
+    columns(0, bottom(top + left) + 2 * GAP_Y, [[sampling, options], [out["edit"]], [out["decoded"], out["save"]],
+                                                [out["recon"], out["preview"]]])
+    g.write(FLUX_PHOTO, "Flux-dev: edit a photo")
+
+
 def main():
     from scripts import comfy_host
 
@@ -393,9 +549,10 @@ def main():
     classes = nodes.NODE_CLASS_MAPPINGS
     defs = node_definitions_from_classes(classes)
     # Model combos list what is installed here; the examples name the files users download.
-    for build in (real_photo, synthetic, direction_build_and_save, direction_reuse, student_apply):
+    for build in (real_photo, synthetic, direction_build_and_save, direction_reuse, student_apply, sd35_photo,
+                  flux_photo):
         build(defs, classes)
-    for name in (REAL_PHOTO, SYNTHETIC, BUILD_DIRECTION, REUSE_DIRECTION, STUDENT):
+    for name in (REAL_PHOTO, SYNTHETIC, BUILD_DIRECTION, REUSE_DIRECTION, STUDENT, SD35_PHOTO, FLUX_PHOTO):
         with open(os.path.join(OUT_DIR, name), encoding="utf-8") as f:
             print(f"{name}: opens at scale {json.load(f)['extra']['ds']['scale']}")
 

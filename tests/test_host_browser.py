@@ -6,7 +6,7 @@ used), tiny models under the example's own file names.
   no toast or dialog, every node of a registered type, every node's title bar on screen in a 1280 x 720 window, at a
   scale where the frontend draws text (not below its low-quality threshold) and, with the minimap on as by default,
   no node under the minimap;
-- the template browser lists the pack's five templates, each card's thumbnail loads, and each card opens its
+- the template browser lists every one of the pack's templates, each card's thumbnail loads, and each card opens its
   workflow without complaint;
 - the photo example, shrunk in the page (64 px, 4 steps, 8 sentences), is queued with the Run path
   (`app.queuePrompt`) and finishes with `execution_success`, its image in /history.
@@ -66,8 +66,8 @@ def browser_available():
 @pytest.fixture(scope="module")
 def base_dir(comfy, tiny_checkpoint_name, tmp_path_factory):
     """The models the photo example names, as tiny stand-ins: the tiny checkpoint under the SD 1.5 file name (so the
-    frontend's missing-models check passes), the tiny BLIP as blip-image-captioning-base; the cat photo as the
-    example's input image."""
+    frontend's missing-models check passes), the tiny BLIP as blip-image-captioning-base, empty stand-ins for the
+    MMDiT examples' files; the cat photo as the example's input image."""
     import folder_paths
 
     from tiny_blip import save_tiny_blip
@@ -77,6 +77,16 @@ def base_dir(comfy, tiny_checkpoint_name, tmp_path_factory):
     os.symlink(folder_paths.get_full_path("checkpoints", tiny_checkpoint_name),
                base / "models" / "checkpoints" / SD15_NAME)
     save_tiny_blip(str(base / "models" / "blip" / BLIP_NAME))
+    # The SD 3.5 / Flux examples' files (never run here): empty stand-ins under their names and folders, so the
+    # frontend's missing-models check passes for them too.
+    for path in WORKFLOWS:
+        with open(path, encoding="utf-8") as f:
+            for node in json.load(f)["nodes"]:
+                for m in (node.get("properties") or {}).get("models") or []:
+                    target = base / "models" / m["directory"] / m["name"]
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    if not target.exists():
+                        target.write_bytes(b"")
     (base / "input").mkdir()
     copy_photo("cat_1.png", str(base / "input"))
     shutil.copy(base / "input" / "cat_1.png", base / "input" / "example.png")
