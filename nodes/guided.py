@@ -161,6 +161,8 @@ def with_fast_attention(model):
     if not any(func is getattr(comfy_attention, name, None) for name in SLOW_BACKENDS):
         return model
     layers = attn2_layers(model.model.diffusion_model)
+    if not layers:  # not a UNet (SD 3.x, Flux): no attn1/attn2 layers to patch
+        return model
     clone = model.clone()
     replace = clone.model_options.get("transformer_options", {}).get("patches_replace", {})
     for name, setter in (("attn1", clone.set_model_attn1_replace), ("attn2", clone.set_model_attn2_replace)):
@@ -224,8 +226,9 @@ def attn2_layers(diffusion_model):
     from comfy.ldm.modules.attention import SpatialTransformer
 
     layers = {}
+    middle = getattr(diffusion_model, "middle_block", None)  # none on a transformer (SD 3.x, Flux)
     groups = [("input", getattr(diffusion_model, "input_blocks", [])),
-              ("middle", [getattr(diffusion_model, "middle_block", [])]),
+              ("middle", [] if middle is None else [middle]),
               ("output", getattr(diffusion_model, "output_blocks", []))]
     for name, blocks in groups:
         for block_id, block in enumerate(blocks):
