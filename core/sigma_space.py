@@ -46,7 +46,7 @@ Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 # "source": eps = a_s v + b_s x_t, diffusers' DDIMInverseScheduler (alpha_bar of `timestep - ratio`): the model's
 #   level-t output with level-s coefficients. The two differ by (a_s - a_t) v + (b_s - b_t) x_t per step.
 # For eps models there is nothing to convert and both are the same; sampling (the guided edit) asks the model at the
-# latent's own level, where both agree. tests/test_v_prediction.py measures the difference against diffusers and
+# latent's own level, where both agree. The test test_v_prediction.py measures the difference against diffusers and
 # which one reconstructs better (README, "How this differs").
 V_CONVERSIONS = ("eval", "source")
 V_CONVERSION_LEVEL = "eval"

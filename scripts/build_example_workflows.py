@@ -3,8 +3,8 @@
     COMFYUI_PATH=/path/to/ComfyUI python scripts/build_example_workflows.py
 
 A maintainer's tool: widget values are laid out from each node's own INPUT_TYPES (order, the extra values of seed
-and upload widgets), so the files always match the nodes. tests/test_host_server.py checks and runs every file;
-tests/test_host_browser.py opens each one in the real frontend.
+and upload widgets), so the files always match the nodes. The server test (test_host_server.py) checks and runs
+every file; the browser test (test_host_browser.py) opens each one in the real frontend.
 
 What the frontend needs from a template (ComfyUI serves every ``example_workflows/*.json`` of a pack at
 ``/api/workflow_templates/<pack>/<name>.json`` and lists the names at ``/workflow_templates``):

@@ -24,7 +24,7 @@ PHOTO_WORKFLOW_NODES = ("LoadImage",)
 
 def official_photo():
     """The authors' cat photo: $P2PZ_OFFICIAL_DATA/test_images/cat_1.png, or the shared data folder next to the
-    repository (as tests/official_data.py); None where it is absent (the thumbnail then has no photo)."""
+    repository (as the tests' official_data.py); None where it is absent (the thumbnail then has no photo)."""
     root = os.environ.get("P2PZ_OFFICIAL_DATA") or os.path.join(
         os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data", "pix2pix-zero-official")
     path = os.path.join(root, "test_images", "cat_1.png")
