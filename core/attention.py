@@ -81,15 +81,14 @@ def attention_loss(maps: torch.Tensor, reference: torch.Tensor, rows: float) -> 
 class AttentionMaps:
     """One step's attn2 probabilities keyed by (layer key, branch), and the map loss against them.
 
-    Modes: `record()` keeps every observed map as the reference (detached, in `store_dtype` if given);
+    Modes: `record()` keeps every observed map as the reference (detached);
     `compare(targets, copies)` adds attention_loss(map, reference[(layer, targets[branch])], copies * heads) for
     every observed map of a branch in `targets`, with autograd (per-branch totals in `losses`); `off()` ignores
     maps (hosts then use their fast attention). A host's attention hook asks `wants_maps` first and calls `observe`
     or `observe_batch` with the layer's head count.
     """
 
-    def __init__(self, store_dtype: torch.dtype | None = None):
-        self.store_dtype = store_dtype
+    def __init__(self):
         self.mode = "off"
         self.reference: dict[tuple[Hashable, str], torch.Tensor] = {}
         self.targets: dict[str, str] = {}
@@ -144,10 +143,7 @@ class AttentionMaps:
     def observe(self, layer: Hashable, branch: str, probs: torch.Tensor, heads: int) -> None:
         """One branch's maps of one layer: [batch * heads, q_tokens, k_tokens]."""
         if self.mode == "record":
-            kept = probs.detach()
-            if self.store_dtype is not None:
-                kept = kept.to(self.store_dtype)
-            self.reference[(layer, branch)] = kept
+            self.reference[(layer, branch)] = probs.detach()
         elif self.mode == "compare" and branch in self.targets:
             key = (layer, self.targets[branch])
             if key not in self.reference:
