@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -31,7 +31,8 @@ from .flow_space import denoised_from_velocity, euler_step, flow_sgd_step_size, 
 from .guidance import CAPTION, EDITED, NEGATIVE, BranchDenoiser
 
 # callback(step, x_edit, x_ref, x0_edit, losses) after every step (latents at sigmas[step + 1]; x0_edit: the edit's
-# denoised guess at sigmas[step], for previews).
+# denoised guess at sigmas[step], for previews; losses: {EDITED: its map loss before the gradient step} on guided
+# steps, {} on the others and whenever lambda_xa is 0).
 FlowStepCallback = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor, dict], None]
 
 __all__ = ["FlowGuidedResult", "flow_guided_edit"]
@@ -39,16 +40,15 @@ __all__ = ["FlowGuidedResult", "flow_guided_edit"]
 
 @dataclass
 class FlowGuidedResult:
-    """edited / reconstruction: the final latents at sigmas[-1] (model units). losses[i]: the edited branch's map
-    loss at step i before its gradient step ({} on unguided steps unless track_loss)."""
+    """edited / reconstruction: the final latents at sigmas[-1] (model units). Each step's map loss goes to
+    flow_guided_edit's callback."""
 
     edited: torch.Tensor
     reconstruction: torch.Tensor
-    losses: list = field(default_factory=list)
 
 
 class _FlowEditor:
-    def __init__(self, denoise, maps, cfg, lambda_xa, use_negative, negative_is_caption, track_loss, grad_context):
+    def __init__(self, denoise, maps, cfg, lambda_xa, use_negative, negative_is_caption, grad_context):
         if not cfg >= 1.0:
             raise ValueError(f"cfg must be >= 1 (1 turns classifier-free guidance off), got {cfg}")
         if not lambda_xa >= 0.0:
@@ -57,7 +57,6 @@ class _FlowEditor:
         self.cfg, self.lambda_xa = float(cfg), float(lambda_xa)
         self.use_cfg = use_negative and self.cfg > 1.0
         self.negative_is_caption = negative_is_caption
-        self.track_loss = track_loss
         self.grad_context = grad_context
 
     def _velocity(self, x, denoised, positive, sigma):
@@ -99,20 +98,11 @@ class _FlowEditor:
 
     def edit_step(self, x, sigma, sigma_next, guided):
         losses = {}
-        if guided and self.lambda_xa > 0:
+        if guided:
             x, losses[EDITED] = self._gradient_step(x, sigma)
         branches = {NEGATIVE: x, EDITED: x} if self.use_cfg else {EDITED: x}
-        measure = guided and self.lambda_xa == 0 and self.track_loss
-        if measure:  # what the gradient pass would have seen (the same latent): report its loss
-            self.maps.compare({EDITED: CAPTION}, copies=1)
-        try:
-            with torch.no_grad():
-                denoised = self.denoise(branches, sigma)
-            if measure:
-                losses[EDITED] = float(self.maps.losses.get(EDITED, 0.0))
-        finally:
-            self.maps.off()
-            self.maps.losses = {}
+        with torch.no_grad():
+            denoised = self.denoise(branches, sigma)
         v = self._velocity(x, denoised, EDITED, sigma)
         return euler_step(x, v, sigma, sigma_next), denoised_from_velocity(x, v, sigma), losses
 
@@ -128,7 +118,6 @@ def flow_guided_edit(
     use_negative: bool = True,
     negative_is_caption: bool = False,
     guided_steps: int | None = None,
-    track_loss: bool = False,
     grad_context=contextlib.nullcontext,
     callback: FlowStepCallback | None = None,
 ) -> FlowGuidedResult:
@@ -137,24 +126,23 @@ def flow_guided_edit(
     denoise({branch: x}, sigma) -> {branch: denoised} as core.guidance's BranchDenoiser. guided_steps: guide only
     the first K steps (None: all). grad_context(): a context manager around each gradient pass, forward AND
     backward (hosts alias inference-tensor weights there: a checkpointed block recomputes inside the backward).
-    callback(step, x_edit, x_ref, x0_edit, losses) after every step, with the edit's
-    clean-latent guess at its new level for previews.
+    callback(step, x_edit, x_ref, x0_edit, losses) after every step (FlowStepCallback), with the edit's
+    clean-latent guess for previews and the step's map loss.
     """
-    editor = _FlowEditor(denoise, maps, cfg, lambda_xa, use_negative, negative_is_caption, track_loss, grad_context)
+    editor = _FlowEditor(denoise, maps, cfg, lambda_xa, use_negative, negative_is_caption, grad_context)
     levels = [float(s) for s in sigmas]
     if len(levels) < 2 or any(b >= a for a, b in itertools.pairwise(levels)) or levels[-1] < 0 or levels[0] >= 1:
         raise ValueError("sigmas must descend strictly from below 1 to >= 0 and hold at least two levels")
     limit = len(levels) - 1 if guided_steps is None else int(guided_steps)
-    x_ref, x_edit, history = x, x, []
+    x_ref, x_edit = x, x
     try:
         for step in range(len(levels) - 1):
             sigma, sigma_next = levels[step], levels[step + 1]
-            guided = step < limit and (editor.lambda_xa > 0 or track_loss)
+            guided = step < limit and editor.lambda_xa > 0
             x_ref = editor.reference_step(x_ref, sigma, sigma_next, record=guided)
             x_edit, x0, losses = editor.edit_step(x_edit, sigma, sigma_next, guided)
-            history.append(losses)
             if callback is not None:
                 callback(step, x_edit, x_ref, x0, losses)
     finally:
         maps.clear()
-    return FlowGuidedResult(edited=x_edit, reconstruction=x_ref, losses=history)
+    return FlowGuidedResult(edited=x_edit, reconstruction=x_ref)

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -57,7 +57,8 @@ GUIDANCE_MODES = ("references", "paper")
 # denoise({branch: x}, sigma) -> {branch: denoised}: every branch's latent x (sigma space, [B, C, H, W]) with that
 # branch's conditioning, at noise level sigma; hosts batch the branches into one model call where they can.
 BranchDenoiser = Callable[[Mapping[str, torch.Tensor], float], Mapping[str, torch.Tensor]]
-# callback(step, edited_x, reconstruction_x, eps, losses) after every step (x at sigmas[step + 1]).
+# callback(step, edited_x, reconstruction_x, eps, losses) after every step (x at sigmas[step + 1]; losses: the map loss
+# of each guided branch before its gradient step, {} when lambda_xa is 0 and no gradient pass runs).
 StepCallback = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor, dict], None]
 
 
@@ -73,15 +74,10 @@ def generation_sigmas(sigma_table: torch.Tensor, steps: int) -> torch.Tensor:
 @dataclass
 class GuidedEditResult:
     """edited / reconstruction: the final latents as the references decode them (the DDIM sample at the last
-    level, x_t = x / sqrt(1 + sigma_last^2)). losses[i]: the map loss of each guided branch at step i, before the
-    gradient step (empty dicts when lambda_xa is 0 and track_loss is off)."""
+    level, x_t = x / sqrt(1 + sigma_last^2)). Each step's map losses go to guided_edit's callback."""
 
     edited: torch.Tensor
     reconstruction: torch.Tensor
-    losses: list = field(default_factory=list)
-
-    def total_loss(self) -> float:
-        return float(sum(sum(step.values()) for step in self.losses))
 
 
 class GuidedEditor:
@@ -96,7 +92,6 @@ class GuidedEditor:
         lambda_xa: float = 0.1,
         mode: str = "references",
         negative_is_caption: bool = False,
-        track_loss: bool = False,
     ):
         if mode not in GUIDANCE_MODES:
             raise ValueError(f"unknown guidance mode {mode!r}; choose one of {', '.join(GUIDANCE_MODES)}")
@@ -111,7 +106,6 @@ class GuidedEditor:
         self.mode = mode
         self.use_cfg = self.cfg > 1.0  # the references batch the negative only when guidance_scale > 1
         self.negative_is_caption = negative_is_caption
-        self.track_loss = track_loss
 
     # -- the reconstruction -------------------------------------------------------------------------------------
     def reference_step(self, x: torch.Tensor, sigma: float, sigma_next: float):
@@ -171,7 +165,8 @@ class GuidedEditor:
     def edit_step(self, x: torch.Tensor, sigma: float, sigma_next: float, x_ref: torch.Tensor | None = None):
         """The guided step from x (run after reference_step of the same step, which started from x_ref).
 
-        Returns (x_next, eps, losses)."""
+        Returns (x_next, eps, losses): losses, the map loss of each guided branch before its gradient step ({} when
+        lambda_xa is 0: no gradient pass, no loss)."""
         targets = self._guided_branches()
         losses = {}
         exact = {}
@@ -187,7 +182,7 @@ class GuidedEditor:
             stepped = {b: x for b in targets}  # a zero step: the gradient pass is provably redundant
         for branch, value in exact.items():
             stepped[branch] = x
-            if losses or self.track_loss:
+            if self.lambda_xa > 0:
                 losses[branch] = value
         guided = stepped[EDITED]
         if self.use_cfg:
@@ -197,17 +192,8 @@ class GuidedEditor:
         else:
             x_neg = guided
             branches = {EDITED: guided}
-        measure = self.lambda_xa == 0 and self.track_loss
-        if measure:  # same latents as a gradient pass would see: report its loss
-            self.maps.compare(targets, copies=2 if self.use_cfg else 1)
-        try:
-            with torch.no_grad():
-                denoised = self.denoise(branches, sigma)
-            if measure:
-                losses.update({b: float(v) for b, v in self.maps.losses.items()})
-        finally:
-            self.maps.off()
-            self.maps.losses = {}
+        with torch.no_grad():
+            denoised = self.denoise(branches, sigma)
         eps_c = eps_from_denoised(guided, denoised[EDITED], sigma)
         if self.use_cfg:
             eps_u = eps_from_denoised(x_neg, denoised[NEGATIVE], sigma)
@@ -229,32 +215,30 @@ def guided_edit(
     lambda_xa: float = 0.1,
     mode: str = "references",
     negative_is_caption: bool = False,
-    track_loss: bool = False,
     callback: StepCallback | None = None,
 ) -> GuidedEditResult:
     """Reconstruct and edit the inverted latent x (sigma space, at sigmas[0]) down the descending `sigmas`.
 
     The reference (reconstruction) and the edit advance in lock step, so only the current step's maps are kept.
-    Returns both final latents as the references decode them (see GuidedEditResult).
+    Returns both final latents as the references decode them (see GuidedEditResult); callback (StepCallback)
+    receives every step's latents, noise prediction and map losses.
     """
     editor = GuidedEditor(denoise, maps, cfg=cfg, lambda_xa=lambda_xa, mode=mode,
-                          negative_is_caption=negative_is_caption, track_loss=track_loss)
+                          negative_is_caption=negative_is_caption)
     levels = [float(s) for s in sigmas]
     if len(levels) < 2 or any(b >= a for a, b in itertools.pairwise(levels)) or levels[-1] < 0:
         raise ValueError("sigmas must be strictly descending, non-negative and hold at least two levels")
     if levels[-1] == 0:
         raise ValueError("the last level must be above 0 (the references stop at alpha_bar[0]): see generation_sigmas")
-    x_ref, x_edit, history = x, x, []
+    x_ref, x_edit = x, x
     try:
         for step in range(len(levels) - 1):
             sigma, sigma_next = levels[step], levels[step + 1]
             x_ref_next, _ = editor.reference_step(x_ref, sigma, sigma_next)
             x_edit, eps, losses = editor.edit_step(x_edit, sigma, sigma_next, x_ref=x_ref)
             x_ref = x_ref_next
-            history.append(losses)
             if callback is not None:
                 callback(step, x_edit, x_ref, eps, losses)
     finally:
         maps.clear()
-    return GuidedEditResult(edited=to_ddim(x_edit, levels[-1]), reconstruction=to_ddim(x_ref, levels[-1]),
-                            losses=history)
+    return GuidedEditResult(edited=to_ddim(x_edit, levels[-1]), reconstruction=to_ddim(x_ref, levels[-1]))

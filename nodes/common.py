@@ -1,4 +1,5 @@
 """Shared pieces of the pack's ComfyUI nodes."""
+import logging
 import os
 
 import torch
@@ -150,6 +151,14 @@ def model_patcher_for(module, dtype, load_device, offload_device):
 
 
 FLOW_MODELS = "flow-matching models with ComfyUI's CONST sampling (SD 3.x, Flux, incl. ModelSamplingSD3/Flux patches)"
+
+
+def log_map_loss(step: int, steps: int, losses) -> None:
+    """A Guided Edit step's attention-map loss (before its gradient step) at DEBUG level: shows whether and how much
+    lambda_xa pulls the edit's maps towards the reconstruction's. Nothing for an unguided step (no loss computed)."""
+    if losses:
+        logging.debug("pix2pix-zero Guided Edit: step %d/%d, attention map loss %s", step + 1, steps,
+                      ", ".join(f"{branch} {value:.6g}" for branch, value in losses.items()))
 
 
 def is_flow_model(model) -> bool:

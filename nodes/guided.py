@@ -33,7 +33,7 @@ from ..core.inversion import check_latent
 from ..core.schedule import restore_schedule
 from ..core.sigma_space import denoised_from_eps, restate
 from .common import (CATEGORY, DIRECTION_TYPE, INVERSION_KEY, check_conditioning_batch, discrete_model_sampling,
-                     is_flow_model)
+                     is_flow_model, log_map_loss)
 
 COND_KEYS = {NEGATIVE: "negative", CAPTION: "positive", EDITED: "edited"}
 CFG_RANGE = (1.0, 30.0)
@@ -299,6 +299,7 @@ def _guided_sampler(run, settings, start_level, results):
         def on_step(step, x_edit, x_ref, eps, losses):
             # Server runs check interruption in the progress hook; in-process runs only here.
             comfy.model_management.throw_exception_if_processing_interrupted()
+            log_map_loss(step, len(levels) - 1, losses)
             if callback is not None:
                 x0 = denoised_from_eps(x_edit, eps, levels[step + 1])  # the edit's clean-latent guess, for the preview
                 callback({"i": step, "x": x_edit, "denoised": x0, "sigma": sigmas[step], "sigma_hat": sigmas[step]})
@@ -307,7 +308,6 @@ def _guided_sampler(run, settings, start_level, results):
         x = restate(x, start_level, levels[0])  # the inverted DDIM sample x_t, written at the first level
         result = guided_edit(denoise, run.maps, x, sigmas, callback=on_step, **settings)
         results["reconstruction"] = guider.inner_model.process_latent_out(result.reconstruction.to(torch.float32))
-        results["losses"] = result.losses
         return result.edited
 
     return comfy.samplers.KSAMPLER(sample_guided)

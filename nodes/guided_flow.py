@@ -36,7 +36,7 @@ from ..core.inference_weights import normal_tensor_weights
 from ..core.inversion import check_latent
 from ..core.joint_attention import apply_rope, explicit_joint_attention, token_slices
 from ..core.schedule import FLOW_KIND, regeneration_sigmas
-from .common import CATEGORY, INVERSION_KEY, check_conditioning_batch, flow_model_sampling
+from .common import CATEGORY, INVERSION_KEY, check_conditioning_batch, flow_model_sampling, log_map_loss
 
 OVERRIDE_KEY = "optimized_attention_override"
 TAG_KEY = "p2pz_joint_block"  # set by our block wrappers in a copy of the transformer options
@@ -313,6 +313,7 @@ def _flow_sampler(run, settings, results):
 
         def on_step(step, x_edit, x_ref, x0, losses):
             comfy.model_management.throw_exception_if_processing_interrupted()
+            log_map_loss(step, len(sigmas) - 1, losses)
             if callback is not None:
                 callback({"i": step, "x": x_edit, "denoised": x0, "sigma": sigmas[step], "sigma_hat": sigmas[step]})
 
@@ -322,7 +323,6 @@ def _flow_sampler(run, settings, results):
         result = flow_guided_edit(denoise, run.maps, x, sigmas, callback=on_step,
                                   grad_context=lambda: _gradient_context(run), **settings)
         results["reconstruction"] = guider.inner_model.process_latent_out(result.reconstruction.to(torch.float32))
-        results["losses"] = result.losses
         return result.edited
 
     return comfy.samplers.KSAMPLER(sample)
@@ -340,9 +340,8 @@ def _flow_sigmas(latent):
 
 
 def flow_guided_edit_node(model, positive, inverted_latent, steps, cfg, lambda_xa, guidance, negative=None,
-                          direction=None, direction_multiplier=1.0, edited_positive=None, _results=None):
-    """P2PZ_GuidedEdit's function for flow models (nodes/guided.py dispatches here). _results (tests): a dict that
-    receives the per-step map losses, measured also when lambda_xa is 0."""
+                          direction=None, direction_multiplier=1.0, edited_positive=None):
+    """P2PZ_GuidedEdit's function for flow models (nodes/guided.py dispatches here)."""
     from .guided import GuidedEditGuider, _same_conditioning  # lazy: guided.py imports this module lazily too
 
     flow_model_sampling(model, "guided editing")
@@ -382,8 +381,8 @@ def flow_guided_edit_node(model, positive, inverted_latent, steps, cfg, lambda_x
     patched, run = patched_flow_model(model, options)
     settings = {"cfg": cfg, "lambda_xa": lambda_xa, "use_negative": use_negative,
                 "negative_is_caption": negative_is_caption,
-                "guided_steps": round(float(options["guided_fraction"]) * steps), "track_loss": _results is not None}
-    results = {} if _results is None else _results
+                "guided_steps": round(float(options["guided_fraction"]) * steps)}
+    results = {}
     guider = GuidedEditGuider(patched, positive, negative, edited_positive, cfg if use_negative else 1.0)
     edited = guider.sample(
         torch.zeros_like(samples),  # no noise: KSAMPLER starts from (1 - s_top) * latent, the inverted x

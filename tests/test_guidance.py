@@ -15,6 +15,7 @@ from scripts.diffusers_tiny import SD_BETAS, alphas_cumprod, tiny_pix2pix_zero_p
 from core import sigmas_from_alphas_cumprod
 from core.attention import AttentionMaps, explicit_attention
 from core.guidance import CAPTION, EDITED, NEGATIVE, GuidedEditor, generation_sigmas, guided_edit, restate
+from map_losses import recording, total
 
 WIDTH = 32  # tiny_unet's cross_attention_dim
 
@@ -244,12 +245,13 @@ def test_end_to_end_edit_and_reconstruction_match_diffusers(unet, table):
     sensitivity = float((perturbed - reference).abs().max())
     model = DiffusersBranchModel(unet, {NEGATIVE: caption, CAPTION: caption, EDITED: caption + direction})
     sigmas = generation_sigmas(table, steps)
+    losses = []
     result = guided_edit(model, model.maps, x_T * (1 + float(sigmas[0]) ** 2) ** 0.5, sigmas, cfg=cfg,
-                         lambda_xa=0.1, negative_is_caption=True)
+                         lambda_xa=0.1, negative_is_caption=True, callback=lambda *step: losses.append(step[-1]))
     tol = 20 * sensitivity + 1e-5 * float(reference.abs().max())
     assert float((result.edited - reference).abs().max()) <= tol
     assert float((result.reconstruction - steps_seen[steps - 1][3]).abs().max()) <= tol
-    assert len(result.losses) == steps and all(set(s) == {NEGATIVE, EDITED} for s in result.losses)
+    assert len(losses) == steps and all(set(s) == {NEGATIVE, EDITED} for s in losses)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -259,8 +261,11 @@ def _model(unet, caption, negative, direction, **kw):
     return DiffusersBranchModel(unet, {NEGATIVE: negative, CAPTION: caption, EDITED: caption + direction}, **kw)
 
 
-def _run(model, x_T, sigmas, **kw):
-    return guided_edit(model, model.maps, x_T * (1 + float(sigmas[0]) ** 2) ** 0.5, sigmas, **kw)
+def _run(model, x_T, sigmas, runs=None, **kw):
+    """guided_edit from x_T; runs (a list): receives the run's per-step map losses (map_losses.recording; with
+    lambda_xa 0 measured as a gradient pass would see them)."""
+    edit = guided_edit if runs is None else recording(guided_edit, runs)
+    return edit(model, model.maps, x_T * (1 + float(sigmas[0]) ** 2) ** 0.5, sigmas, **kw)
 
 
 def test_guidance_lowers_the_map_loss(unet, table):
@@ -273,8 +278,10 @@ def test_guidance_lowers_the_map_loss(unet, table):
     sigmas, x_T = generation_sigmas(table, 5), _x_T(seed=11)
     for neg, lambdas in ((caption, (0.0, 0.1, 0.5)), (negative, (0.0, 0.1))):
         model = _model(unet, caption, neg, direction)
-        totals = [_run(model, x_T, sigmas, lambda_xa=lam, track_loss=True,
-                       negative_is_caption=neg is caption).total_loss() for lam in lambdas]
+        runs = []
+        for lam in lambdas:
+            _run(model, x_T, sigmas, runs, lambda_xa=lam, negative_is_caption=neg is caption)
+        totals = [total(losses) for losses in runs]
         assert 0 < min(totals) and totals == sorted(totals, reverse=True) and len(set(totals)) == len(totals), totals
     # one step, the edit's latent a little off the reconstruction's: loss at the updated copies < loss before
     s, s_next = float(sigmas[2]), float(sigmas[3])
@@ -313,11 +320,12 @@ def test_redundant_work_is_skipped_without_changing_results(unet, table):
     caption, _, direction = _embeddings(seed=14)
     sigmas, x_T = generation_sigmas(table, 4), _x_T(seed=15)
     model = _model(unet, caption, caption, direction)
-    full = _run(model, x_T, sigmas, lambda_xa=0.1)
+    runs = []
+    full = _run(model, x_T, sigmas, runs, lambda_xa=0.1)
     batches = [list(call) for call in model.calls]
     assert batches[:6] == [[NEGATIVE, CAPTION], [EDITED], [NEGATIVE, EDITED]] + [[NEGATIVE, CAPTION],
                                                                                   [NEGATIVE, EDITED], [NEGATIVE, EDITED]]
-    assert full.losses[0][NEGATIVE] == 0.0 and full.losses[1][NEGATIVE] > 0
+    assert runs[0][0][NEGATIVE] == 0.0 and runs[0][1][NEGATIVE] > 0
     # the same first step with the negative copy computed: its update is rounding noise, ~0
     editor = GuidedEditor(model, model.maps, cfg=5.0, lambda_xa=0.1)
     s, s_next = float(sigmas[0]), float(sigmas[1])

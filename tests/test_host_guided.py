@@ -5,6 +5,7 @@ import sys
 import pytest
 import torch
 
+from map_losses import recording, total
 from scripts import tiny_models
 
 pytestmark = pytest.mark.host
@@ -55,16 +56,11 @@ def _edit(comfy, model, positive, inverted, steps, **kw):
 
 @pytest.fixture
 def runs(comfy, pack_nodes, monkeypatch):
-    """Records every guided run's GuidedEditResult (losses tracked also without guidance) and the attn2 layer keys
-    whose maps reached the recorder."""
+    """Records every guided run's per-step map losses (map_losses.recording: measured also without guidance) and
+    the attn2 layer keys whose maps reached the recorder."""
     guided = _module(comfy, "nodes.guided")
     attention = _module(comfy, "core.attention")
     results, layers = [], set()
-    inner = guided.guided_edit
-
-    def recording_guided_edit(*args, **kwargs):
-        results.append(inner(*args, **dict(kwargs, track_loss=True)))
-        return results[-1]
 
     observe = attention.AttentionMaps.observe
 
@@ -72,7 +68,7 @@ def runs(comfy, pack_nodes, monkeypatch):
         layers.add(layer)
         return observe(self, layer, branch, probs, heads)
 
-    monkeypatch.setattr(guided, "guided_edit", recording_guided_edit)
+    monkeypatch.setattr(guided, "guided_edit", recording(guided.guided_edit, results))
     monkeypatch.setattr(attention.AttentionMaps, "observe", recording_observe)
     return results, layers
 
@@ -110,7 +106,7 @@ def test_layouts_guidance_lowers_the_map_loss(comfy, pack_nodes, runs, layout):
         outputs[value] = _edit(comfy, model, caption, inverted, 6, lambda_xa=value, edited_positive=edited)
     guided = _module(comfy, "nodes.guided")
     assert len(layers) == ATTN2_LAYERS[layout] == len(guided.attn2_layers(model.model.diffusion_model))
-    unguided, with_guidance = (r.total_loss() for r in results)
+    unguided, with_guidance = (total(losses) for losses in results)
     assert 0 < with_guidance < unguided, (unguided, with_guidance)
     edit, reconstruction = outputs[lam]
     assert edit["samples"].shape == reconstruction["samples"].shape == inverted["samples"].shape
@@ -317,7 +313,7 @@ def test_authors_schedule_latent_is_edited_with_its_own_steps(comfy, tiny_sd15_o
     inverted = _invert(comfy, model, caption, _latent(seed=16), steps=5, schedule="authors")
     assert inverted["p2pz_inversion"]["steps"] == 3
     edit, reconstruction = _edit(comfy, model, caption, inverted, 50, edited_positive=edited)
-    assert len(results[-1].losses) == 5
+    assert len(results[-1]) == 5
     assert torch.isfinite(edit["samples"]).all() and torch.isfinite(reconstruction["samples"]).all()
 
 

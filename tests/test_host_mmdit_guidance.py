@@ -5,6 +5,7 @@ import sys
 
 import pytest
 import torch
+from map_losses import recording
 from scripts import tiny_models
 
 pytestmark = pytest.mark.host
@@ -50,14 +51,21 @@ def _options(comfy, model, fraction=1.0, stride=1, checkpoint=True):
 
 
 def _edit(comfy, model, cond, inverted, edited, lambda_xa, cfg=1.0, negative=None, results=None):
-    if results is None:
-        return comfy.call_node(NODE, model=model, positive=cond, inverted_latent=inverted, steps=STEPS, cfg=cfg,
-                               lambda_xa=lambda_xa, guidance="paper", negative=negative, edited_positive=edited)
-    # the node's own function with the losses exposed (the same code the node runs)
+    """The node's output; results (a dict): its "losses" receive the run's per-step map losses, observed from
+    outside the node (map_losses.recording around the flow loop: with lambda_xa 0 measured as a gradient pass would
+    see them)."""
     flow_node = _module(comfy, "nodes.guided_flow")
-    with torch.inference_mode():
-        return flow_node.flow_guided_edit_node(model, cond, inverted, STEPS, cfg, lambda_xa, "paper", negative,
-                                               None, 1.0, edited, _results=results)
+    runs, inner = [], flow_node.flow_guided_edit
+    if results is not None:
+        flow_node.flow_guided_edit = recording(inner, runs, flow=True)
+    try:
+        out = comfy.call_node(NODE, model=model, positive=cond, inverted_latent=inverted, steps=STEPS, cfg=cfg,
+                              lambda_xa=lambda_xa, guidance="paper", negative=negative, edited_positive=edited)
+    finally:
+        flow_node.flow_guided_edit = inner
+    if results is not None:
+        (results["losses"],) = runs
+    return out
 
 
 def _stock(comfy, model, cond, negative, latent, sigmas, cfg):
