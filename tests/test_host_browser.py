@@ -146,6 +146,10 @@ def browser(server):
         chromium = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
             page = chromium.new_page(viewport=VIEWPORT)
+            # Frontend 1.32 (ComfyUI 0.3.75) opens with a one-time "Introducing Nodes 2.0" banner above the tabs,
+            # which pushes the canvas down by its height until the user closes it; it remembers that in this
+            # localStorage key (TryVueNodeBanner). Start as a user who closed it once, as with the tutorial above.
+            page.add_init_script("localStorage.setItem('vueNodesBannerDismissed', 'true')")
             b = Browser(page)
             page.goto(server.url)
             # The app is up when the node definitions from /object_info are registered with LiteGraph.
