@@ -460,20 +460,27 @@ class GuidedEdit:
         settings = {"cfg": cfg, "lambda_xa": lambda_xa, "mode": guidance, "negative_is_caption": negative_is_caption}
         results = {}
         guider = GuidedEditGuider(patched, positive, negative, edited_positive, cfg)
-        edited = guider.sample(
-            torch.zeros_like(samples),  # no noise is added: the inverted latent is the starting point
-            samples,
-            _guided_sampler(run, settings, start_level, results),
-            sigmas,
-            callback=latent_preview.prepare_callback(patched, steps),
-            disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED,
-            seed=0,
-        )
-        device = comfy.model_management.intermediate_device()
-        out_edit = {k: v for k, v in inverted_latent.items() if k != INVERSION_KEY}
-        out_edit["samples"] = edited.to(device)
-        out_ref = dict(out_edit, samples=results["reconstruction"].to(device))
-        return (out_edit, out_ref)
+        sampler = _guided_sampler(run, settings, start_level, results)
+        return run_guided_sampler(guider, sampler, patched, inverted_latent, samples, sigmas, steps, results)
+
+
+def run_guided_sampler(guider, sampler, patched, inverted_latent, samples, sigmas, steps, results):
+    """Sample with a guided sampler from the inverted latent (no noise added: it is the starting point), with
+    ComfyUI's previews and progress; returns (edited, reconstruction) as LATENTs without the inversion record."""
+    edited = guider.sample(
+        torch.zeros_like(samples),
+        samples,
+        sampler,
+        sigmas,
+        callback=latent_preview.prepare_callback(patched, steps),
+        disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED,
+        seed=0,
+    )
+    device = comfy.model_management.intermediate_device()
+    out_edit = {k: v for k, v in inverted_latent.items() if k != INVERSION_KEY}
+    out_edit["samples"] = edited.to(device)
+    out_ref = dict(out_edit, samples=results["reconstruction"].to(device))
+    return (out_edit, out_ref)
 
 
 def _same_conditioning(a, b):

@@ -25,7 +25,6 @@ import comfy.ldm.modules.attention as comfy_attention
 import comfy.model_management
 import comfy.samplers
 import comfy.utils
-import latent_preview
 import torch
 import torch.utils.checkpoint
 
@@ -342,7 +341,8 @@ def _flow_sigmas(latent):
 def flow_guided_edit_node(model, positive, inverted_latent, steps, cfg, lambda_xa, guidance, negative=None,
                           direction=None, direction_multiplier=1.0, edited_positive=None):
     """P2PZ_GuidedEdit's function for flow models (nodes/guided.py dispatches here)."""
-    from .guided import GuidedEditGuider, _same_conditioning  # lazy: guided.py imports this module lazily too
+    # lazy: guided.py imports this module lazily too
+    from .guided import GuidedEditGuider, _same_conditioning, run_guided_sampler
 
     flow_model_sampling(model, "guided editing")
     family = family_of(model)
@@ -384,20 +384,9 @@ def flow_guided_edit_node(model, positive, inverted_latent, steps, cfg, lambda_x
                 "guided_steps": round(float(options["guided_fraction"]) * steps)}
     results = {}
     guider = GuidedEditGuider(patched, positive, negative, edited_positive, cfg if use_negative else 1.0)
-    edited = guider.sample(
-        torch.zeros_like(samples),  # no noise: KSAMPLER starts from (1 - s_top) * latent, the inverted x
-        samples,
-        _flow_sampler(run, settings, results),
-        sigmas,
-        callback=latent_preview.prepare_callback(patched, steps),
-        disable_pbar=not comfy.utils.PROGRESS_BAR_ENABLED,
-        seed=0,
-    )
-    device = comfy.model_management.intermediate_device()
-    out_edit = {k: v for k, v in inverted_latent.items() if k != INVERSION_KEY}
-    out_edit["samples"] = edited.to(device)
-    out_ref = dict(out_edit, samples=results["reconstruction"].to(device))
-    return (out_edit, out_ref)
+    # KSAMPLER starts from (1 - s_top) * latent, the inverted x
+    return run_guided_sampler(guider, _flow_sampler(run, settings, results), patched, inverted_latent, samples,
+                              sigmas, steps, results)
 
 
 class MMDiTGuidanceOptions:
