@@ -328,14 +328,12 @@ _FLUX_UNET = {"image_model": "flux", "in_channels": 16, "out_channels": 16, "vec
               "guidance_embed": False}
 
 
-def tiny_mmdit_model(family, seed=0, out_scale=None, x_self_attn_layers=(), double_blocks=1):
+def tiny_mmdit_model(family, seed=0, x_self_attn_layers=(), double_blocks=1):
     """A tiny flow-matching MODEL in ComfyUI's real layout: ``family`` "sd3" (comfy.supported_models.SD3: MMDiT,
     ModelSamplingDiscreteFlow shift 3.0, SD3 latent format) or "flux" (comfy.supported_models.Flux: double + single
     stream blocks, ModelSamplingFlux, Flux latent format). Returns (MODEL, context width, pooled width). float32,
     weights deterministic from ``seed``; built under inference mode as ComfyUI's loaders build models.
 
-    ``out_scale`` scales the final projection (the velocity head): ComfyUI zero-initialises nothing here, but torch's
-    default init gives velocities far below unit size on a tiny network; scale it to get trained-model-like ranges.
     ``x_self_attn_layers`` (SD3 only): joint blocks with SD 3.5 Medium's extra image self-attention (MMDiT-X).
     ``double_blocks`` (Flux only): how many double-stream blocks."""
     import torch
@@ -360,10 +358,6 @@ def tiny_mmdit_model(family, seed=0, out_scale=None, x_self_attn_layers=(), doub
         # Flux's RMSNorm scales are torch.empty memory until _fill_mmdit_extras sets them (and then checks all)
         init_module_weights(model.diffusion_model, seed, check_finite=False)
         _fill_mmdit_extras(model.diffusion_model)
-        if out_scale is not None:
-            final = model.diffusion_model.final_layer.linear
-            final.weight.mul_(out_scale)
-            final.bias.mul_(out_scale)
         model.eval()
     patcher = ModelPatcher(model, load_device=mm.get_torch_device(), offload_device=mm.unet_offload_device())
     return patcher, width, pooled
