@@ -15,8 +15,11 @@ from .common import (CATEGORY, INVERSION_KEY, SEED_INPUT, check_conditioning_bat
 from .guided import with_fast_attention
 
 
-def _inversion_sampler(schedule, generator, reg):
-    """A ComfyUI SAMPLER whose loop is the core inversion (sigmas are the ascending schedule levels)."""
+def _core_sampler(invert, denoised_of):
+    """A ComfyUI SAMPLER whose loop is a core inversion (sigmas are the ascending levels it walks):
+    ``invert(denoise, x, on_step)`` runs it; ``denoised_of(step, x, out)`` turns what its step callback reports into
+    the denoised latent ComfyUI's previews show. Interruption is checked every step: server runs check it in the
+    progress hook, in-process runs only here."""
 
     def sample_inversion(model, x, sigmas, extra_args=None, callback=None, disable=None):
         extra_args = extra_args or {}
@@ -24,37 +27,32 @@ def _inversion_sampler(schedule, generator, reg):
         def denoise(x_in, sigma):
             return model(x_in, sigma, **extra_args)
 
-        def on_step(step, x_step, eps):
-            # Server runs check interruption in the progress hook; in-process runs only here.
+        def on_step(step, x_step, out):
             comfy.model_management.throw_exception_if_processing_interrupted()
             if callback is not None:
-                x0 = denoised_from_eps(x_step, eps, float(schedule.levels[step + 1]))
-                callback({"i": step, "x": x_step, "denoised": x0, "sigma": sigmas[step + 1], "sigma_hat": sigmas[step + 1]})
+                callback({"i": step, "x": x_step, "denoised": denoised_of(step, x_step, out),
+                          "sigma": sigmas[step + 1], "sigma_hat": sigmas[step + 1]})
 
-        return invert_latent(denoise, x, schedule, generator=generator, callback=on_step, **reg)
+        return invert(denoise, x, on_step)
 
     return comfy.samplers.KSAMPLER(sample_inversion)
 
 
+def _inversion_sampler(schedule, generator, reg):
+    """The DDIM inversion as a SAMPLER; its steps report the predicted noise."""
+    return _core_sampler(
+        lambda denoise, x, on_step: invert_latent(denoise, x, schedule, generator=generator, callback=on_step, **reg),
+        lambda step, x, eps: denoised_from_eps(x, eps, float(schedule.levels[step + 1])))
+
+
 def _flow_inversion_sampler(levels, generator, reg):
-    """A ComfyUI SAMPLER whose loop is the core flow inversion (sigmas are the ascending levels). ComfyUI's KSAMPLER
-    around it starts from the clean latent (noise_scaling at sigma 0) and returns x / (1 - s_top), its LATENT
-    convention for a noisy flow latent (CONST.inverse_noise_scaling), which SamplerCustom undoes on the way back."""
-
-    def sample_flow_inversion(model, x, sigmas, extra_args=None, callback=None, disable=None):
-        extra_args = extra_args or {}
-
-        def denoise(x_in, sigma):
-            return model(x_in, sigma, **extra_args)
-
-        def on_step(step, x_step, x0):
-            comfy.model_management.throw_exception_if_processing_interrupted()
-            if callback is not None:
-                callback({"i": step, "x": x_step, "denoised": x0, "sigma": sigmas[step + 1], "sigma_hat": sigmas[step + 1]})
-
-        return invert_flow_latent(denoise, x, levels, generator=generator, callback=on_step, **reg)
-
-    return comfy.samplers.KSAMPLER(sample_flow_inversion)
+    """The flow inversion as a SAMPLER; its steps report the denoised latent. ComfyUI's KSAMPLER around it starts
+    from the clean latent (noise_scaling at sigma 0) and returns x / (1 - s_top), its LATENT convention for a noisy
+    flow latent (CONST.inverse_noise_scaling), which SamplerCustom undoes on the way back."""
+    return _core_sampler(
+        lambda denoise, x, on_step: invert_flow_latent(denoise, x, levels, generator=generator, callback=on_step,
+                                                       **reg),
+        lambda step, x, x0: x0)
 
 
 def _run_inversion(model, conditioning, samples, sampler, sigmas, steps, seed):
