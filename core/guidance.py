@@ -22,7 +22,8 @@ Work that is provably redundant is skipped, with unchanged results: the two step
 i, then edit step i), so only one step's maps ever exist; a CFG pair whose negative equals the caption is one model
 evaluation in the reference pass (its two halves are identical); lambda_xa = 0 skips the gradient pass (the step
 would be zero); where the edit's latent equals the reconstruction's (the first step), the negative copy's maps are
-the reference maps, so its loss and gradient are exactly zero and it is not evaluated.
+the reference maps, so its loss and gradient are exactly zero and it is not evaluated, and its noise prediction is
+the reference step's negative one, which is reused.
 
 Sigma space: every conversion (x and x_t, eps from the denoised latent, the DDIM step, the SGD step size) is
 core.sigma_space's.
@@ -106,6 +107,8 @@ class GuidedEditor:
         self.mode = mode
         self.use_cfg = self.cfg > 1.0  # the references batch the negative only when guidance_scale > 1
         self.negative_is_caption = negative_is_caption
+        # (x, sigma, eps) of the last reference step's negative branch: the edit's first step reuses it
+        self._reference_negative = None
 
     # -- the reconstruction -------------------------------------------------------------------------------------
     def reference_step(self, x: torch.Tensor, sigma: float, sigma_next: float):
@@ -126,6 +129,7 @@ class GuidedEditor:
         if self.use_cfg:
             eps_u = eps_from_denoised(x, denoised[NEGATIVE], sigma) if NEGATIVE in denoised else eps_c
             eps = eps_u + self.cfg * (eps_c - eps_u)
+            self._reference_negative = (x, sigma, eps_u)
         else:
             eps = eps_c
         return ddim_step(x, eps, sigma, sigma_next), eps
@@ -162,6 +166,15 @@ class GuidedEditor:
         stepped = {b: (leaf.detach() - size * g).to(x.dtype) for (b, leaf), g in zip(leaves.items(), grads)}
         return stepped, losses
 
+    def _reused_negative(self, x_ref: torch.Tensor, sigma: float) -> torch.Tensor | None:
+        """The negative-branch eps of the reference step just taken from x_ref at sigma, if that is what ran."""
+        if self._reference_negative is None:
+            return None
+        x_seen, sigma_seen, eps_u = self._reference_negative
+        if sigma_seen != sigma or not (x_seen is x_ref or torch.equal(x_seen, x_ref)):
+            return None
+        return eps_u
+
     def edit_step(self, x: torch.Tensor, sigma: float, sigma_next: float, x_ref: torch.Tensor | None = None):
         """The guided step from x (run after reference_step of the same step, which started from x_ref).
 
@@ -185,10 +198,17 @@ class GuidedEditor:
             if self.lambda_xa > 0:
                 losses[branch] = value
         guided = stepped[EDITED]
+        eps_u = None
         if self.use_cfg:
             # references: each CFG half at its own guided copy; paper: both halves at the guided edit latent
             x_neg = stepped.get(NEGATIVE, guided)
             branches = {NEGATIVE: x_neg, EDITED: guided}
+            if NEGATIVE in exact:
+                # the negative copy is unmoved on the reconstruction's latent, with the negative conditioning:
+                # the reference step just evaluated exactly that (as its negative, or as the caption it equals)
+                eps_u = self._reused_negative(x_ref, sigma)
+                if eps_u is not None:
+                    del branches[NEGATIVE]
         else:
             x_neg = guided
             branches = {EDITED: guided}
@@ -196,7 +216,8 @@ class GuidedEditor:
             denoised = self.denoise(branches, sigma)
         eps_c = eps_from_denoised(guided, denoised[EDITED], sigma)
         if self.use_cfg:
-            eps_u = eps_from_denoised(x_neg, denoised[NEGATIVE], sigma)
+            if eps_u is None:
+                eps_u = eps_from_denoised(x_neg, denoised[NEGATIVE], sigma)
             eps = eps_u + self.cfg * (eps_c - eps_u)
         else:
             eps = eps_c

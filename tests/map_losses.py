@@ -44,8 +44,10 @@ class LossProbe:
         if EDITED not in xs or self.maps.wants_maps or not self._guided():
             return self.denoise(xs, sigma)
         targets, exact = dict(self.targets), {}
-        if NEGATIVE in targets and torch.equal(xs[NEGATIVE], self.x_ref):
-            exact[NEGATIVE] = 0.0  # its maps are the reference maps: the loop reports exactly 0
+        if NEGATIVE in targets and (NEGATIVE not in xs or torch.equal(xs[NEGATIVE], self.x_ref)):
+            # on the reconstruction's latent (the loop then reuses the reference's prediction and does not evaluate
+            # it): its maps are the reference maps, the loop reports exactly 0
+            exact[NEGATIVE] = 0.0
             del targets[NEGATIVE]
         self.maps.compare(targets, copies=self.copies)
         try:

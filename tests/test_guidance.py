@@ -174,8 +174,10 @@ def _check_steps(model, editor, sigmas, unet_calls, steps_seen, steps, cfg):
         model.calls.clear()
         x_next, eps, losses = editor.edit_step(x_in[:1] * c, s, s_next, x_ref=sample_ref * c)
         final = model.calls[-1]
+        if i == 0:  # the negative copy sits on the reconstruction: not moved, its prediction is the reference's
+            assert list(final) == [EDITED]
         for k, branch in enumerate((NEGATIVE, EDITED)):
-            ours_update = final[branch] / c - x_in[k:k + 1]
+            ours_update = (final[branch] / c if branch in final else x_in[:1]) - x_in[k:k + 1]
             theirs_update = x_in_updated[k:k + 1] - x_in[k:k + 1]
             tol = 1e-3 * float(theirs_update.abs().max()) + 4e-7 * float(x_in.abs().max())
             assert (ours_update - theirs_update).abs().max() <= tol, (i, branch, "guidance update")
@@ -315,7 +317,8 @@ def test_zero_direction_without_guidance_reproduces_the_reconstruction(unet, tab
 
 def test_redundant_work_is_skipped_without_changing_results(unet, table):
     """An identical negative: one reference evaluation per step; the first step: no gradient for the negative copy
-    (it sits on the reconstruction's latent, its maps are the reference maps); lambda_xa 0: no gradient pass.
+    (it sits on the reconstruction's latent, its maps are the reference maps) and no evaluation of it (its prediction
+    is the reference step's negative one); lambda_xa 0: no gradient pass.
     Results equal those of the full computation up to float32 rounding (batch composition)."""
     caption, _, direction = _embeddings(seed=14)
     sigmas, x_T = generation_sigmas(table, 4), _x_T(seed=15)
@@ -323,8 +326,8 @@ def test_redundant_work_is_skipped_without_changing_results(unet, table):
     runs = []
     full = _run(model, x_T, sigmas, runs, lambda_xa=0.1)
     batches = [list(call) for call in model.calls]
-    assert batches[:6] == [[NEGATIVE, CAPTION], [EDITED], [NEGATIVE, EDITED]] + [[NEGATIVE, CAPTION],
-                                                                                  [NEGATIVE, EDITED], [NEGATIVE, EDITED]]
+    assert batches[:6] == [[NEGATIVE, CAPTION], [EDITED], [EDITED], [NEGATIVE, CAPTION], [NEGATIVE, EDITED],
+                           [NEGATIVE, EDITED]]
     assert runs[0][0][NEGATIVE] == 0.0 and runs[0][1][NEGATIVE] > 0
     # the same first step with the negative copy computed: its update is rounding noise, ~0
     editor = GuidedEditor(model, model.maps, cfg=5.0, lambda_xa=0.1)
@@ -332,11 +335,16 @@ def test_redundant_work_is_skipped_without_changing_results(unet, table):
     x = x_T * (1 + s**2) ** 0.5
     editor.reference_step(x, s, s_next)
     model.calls.clear()
-    _, _, losses = editor.edit_step(x, s, s_next)
+    _, eps_full, losses = editor.edit_step(x, s, s_next)
     assert losses[NEGATIVE] < 1e-9 and float((model.calls[-1][NEGATIVE] - x).abs().max()) < 1e-5
+    # and its noise prediction is the reference step's, reused when the step knows it starts on the reconstruction
+    _, eps_lean, _ = editor.edit_step(x, s, s_next, x_ref=x)
+    assert list(model.calls[-1]) == [EDITED]
+    torch.testing.assert_close(eps_lean, eps_full, rtol=0, atol=1e-5 * float(eps_full.abs().max()))
     model.calls.clear()
     lean = _run(model, x_T, sigmas, lambda_xa=0.1, negative_is_caption=True)
-    assert [list(call) for call in model.calls[:3]] == [[CAPTION], [EDITED], [NEGATIVE, EDITED]]
+    assert [list(call) for call in model.calls[:6]] == [[CAPTION], [EDITED], [EDITED], [CAPTION],
+                                                        [NEGATIVE, EDITED], [NEGATIVE, EDITED]]
     torch.testing.assert_close(lean.edited, full.edited, rtol=0, atol=1e-5 * float(full.edited.abs().max()))
     model.calls.clear()
     _run(model, x_T, sigmas, lambda_xa=0.0, negative_is_caption=True)

@@ -164,8 +164,9 @@ def test_unconnected_negative_is_the_caption_with_one_reference_evaluation(comfy
 
         counted.set_model_unet_function_wrapper(counting)
         calls[name + "_out"] = _edit(comfy, counted, caption, inverted, 3, edited_positive=edited, **kwargs)[0]
-    # per step: reference (1 branch), gradient pass (1 branch at the first step, then 2), CFG pass (2 branches)
-    assert calls["default"] == calls["explicit"] == [1, 1, 2] + [1, 2, 2] * 2
+    # per step: reference (1 branch), gradient pass (1 branch at the first step, then 2), CFG pass (2 branches, 1 at
+    # the first step: the unmoved negative copy's prediction is the reference's)
+    assert calls["default"] == calls["explicit"] == [1, 1, 1] + [1, 2, 2] * 2
     torch.testing.assert_close(calls["default_out"]["samples"], calls["explicit_out"]["samples"], rtol=0, atol=0)
     # the paper's formulation guides the edited branch only
     assert calls["paper"] == [1, 1, 2] * 3
