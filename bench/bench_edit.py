@@ -14,8 +14,8 @@ Same latent, caption embedding and direction, same size and steps; regularizatio
 (lambda_ac 20, lambda_kl 20, 5 x 5 steps). Default (reference-faithful) guidance mode.
 
 Measured per side, around invert + edit only (model loading excluded): wall time (the best of --repeats runs), the
-process's CPU time (user + system; on a machine shared with other work it shows the work done far more steadily than
-wall time) and peak memory above the level just before the run. CPU: the process's resident-set high-water mark (VmHWM, reset
+process's CPU time (user + system, the least of the runs, with its split; on a machine shared with other work it shows
+the work done far more steadily than wall time) and peak memory above the level just before the run. CPU: the process's resident-set high-water mark (VmHWM, reset
 through /proc/self/clear_refs right before the run, so everything torch allocates counts and nothing before);
 CUDA: torch.cuda.max_memory_allocated (absolute, weights included, and the part above the pre-run level). A side
 that runs out of memory is reported as such. Prints both sides and the ratios ours / diffusers.
@@ -80,12 +80,12 @@ def _hwm_kib():
 
 
 def _cpu_seconds():
-    """User + system CPU time of this process: the work done, much less sensitive than wall time to other
-    processes sharing the CPU."""
+    """(user, system) CPU time of this process: the work done, much less sensitive than wall time to other
+    processes sharing the CPU. System time is mostly page faults of fresh allocations."""
     import resource
 
     usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
+    return usage.ru_utime, usage.ru_stime
 
 
 def _rss_kib():
@@ -122,7 +122,9 @@ class Meter:
         else:
             seconds = time.perf_counter() - self.t0
             peak = _hwm_kib() * 1024
-        return {"seconds": seconds, "cpu_seconds": _cpu_seconds() - self.cpu0, "peak_bytes": peak,
+        user, system = (b - a for a, b in zip(self.cpu0, _cpu_seconds()))
+        return {"seconds": seconds, "cpu_seconds": user + system, "user_seconds": user, "system_seconds": system,
+                "peak_bytes": peak,
                 "base_bytes": self.base, "delta_bytes": peak - self.base}
 
 
@@ -312,13 +314,16 @@ def main():
                 print(f"{side:>10}: OUT OF MEMORY ({oom[0]['oom']}), peak {_fmt_bytes(oom[0]['peak_bytes'])}")
                 continue
             best = min(r["seconds"] for r in runs)
-            cpu = min(r["cpu_seconds"] for r in runs)
+            least = min(runs, key=lambda r: r["cpu_seconds"])
+            cpu = least["cpu_seconds"]
             delta = max(r["delta_bytes"] for r in runs)
             peak = max(r["peak_bytes"] for r in runs)
             summary[side] = (best, delta, peak, cpu)
             times = ", ".join(f"{r['seconds']:.2f}" for r in runs)
-            print(f"{side:>10}: time {best:8.2f} s (runs: {times})   CPU time {cpu:8.2f} s   peak above start "
-                  f"{_fmt_bytes(delta)}   peak {_fmt_bytes(peak)}")
+            cpus = ", ".join(f"{r['cpu_seconds']:.2f}" for r in runs)
+            print(f"{side:>10}: time {best:8.2f} s (runs: {times})   CPU time {cpu:8.2f} s (user "
+                  f"{least['user_seconds']:.2f} + system {least['system_seconds']:.2f}; runs: {cpus})   peak above "
+                  f"start {_fmt_bytes(delta)}   peak {_fmt_bytes(peak)}")
         if len(summary) == 2:
             (to, mo, po, co), (td, md, pd, cd) = summary["ours"], summary["diffusers"]
             print(f"ratio ours / diffusers: time {to / td:.3f}   CPU time {co / cd:.3f}   peak memory above start "
