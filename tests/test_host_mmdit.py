@@ -3,6 +3,8 @@ P2PZ_InvertLatent and edit directions in their text spaces, on tiny models in Co
 (scripts/tiny_models.py), checked against stock nodes (SamplerCustom, KSampler, CLIPTextEncode)."""
 import pytest
 import torch
+from flow_checks import check_model_untouched
+from flow_checks import smooth_latent as _latent
 from scripts import tiny_models
 
 pytestmark = pytest.mark.host
@@ -15,13 +17,6 @@ def flow(request, comfy, pack_nodes):
     model, width, pooled = tiny_models.tiny_mmdit_model(request.param, seed=7)
     cond = tiny_models.tiny_flow_conditioning(width, pooled, seed=1)
     return request.param, model, cond
-
-
-def _latent(batch=1, size=8, seed=0):
-    """A smooth random image latent [B, 16, size, size] in VAE-latent units (what VAEEncode gives)."""
-    g = torch.Generator().manual_seed(seed)
-    low = torch.randn(batch, 16, size // 2, size // 2, generator=g)
-    return {"samples": torch.nn.functional.interpolate(low, size=(size, size), mode="bilinear")}
 
 
 def _invert(comfy, model, cond, latent, steps, seed=0, regularize=True, **kw):
@@ -82,20 +77,7 @@ def test_regularized_inversion_is_seeded_and_a_batch_is_singles(comfy, flow):
 def test_model_unchanged_and_stock_sampler_same_before_and_after(comfy, flow):
     family, model, cond = flow
     latent = _latent(seed=4)
-
-    def ksampler():
-        return comfy.call_node("KSampler", model=model, seed=3, steps=3, cfg=2.0, sampler_name="euler",
-                               scheduler="simple", positive=cond, negative=cond, latent_image=latent,
-                               denoise=1.0)[0]["samples"]
-
-    options_before = repr(model.model_options)
-    weights = {k: v.clone() for k, v in model.model.state_dict().items()}
-    before = ksampler()
-    _invert(comfy, model, cond, latent, 3)
-    after = ksampler()
-    assert torch.equal(before, after)
-    assert repr(model.model_options) == options_before and not model.patches
-    assert all(torch.equal(v, weights[k]) for k, v in model.model.state_dict().items())
+    check_model_untouched(comfy, model, cond, latent, lambda: _invert(comfy, model, cond, latent, 3))
 
 
 def test_flow_record_and_authors_schedule_give_clear_errors(comfy, flow):
