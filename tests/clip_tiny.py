@@ -35,12 +35,13 @@ def char_tokenizer(model_max_length: int = 77):
     if "vocab_file" not in inspect.signature(CLIPTokenizer.__init__).parameters:  # transformers >= 5
         return CLIPTokenizer(vocab=vocab, merges=[], **tokens)
     # transformers 4.x (the requirements' floor) reads the vocabulary and merges from files only
-    folder = tempfile.mkdtemp(prefix="p2pz-clip-tokenizer-")
-    with open(os.path.join(folder, "vocab.json"), "w", encoding="utf-8") as f:
-        json.dump(vocab, f)
-    with open(os.path.join(folder, "merges.txt"), "w", encoding="utf-8") as f:
-        f.write("#version: 0.2\n")
-    return CLIPTokenizer(os.path.join(folder, "vocab.json"), os.path.join(folder, "merges.txt"), **tokens)
+    # (read at construction, so the folder is removed right after)
+    with tempfile.TemporaryDirectory(prefix="p2pz-clip-tokenizer-") as folder:
+        with open(os.path.join(folder, "vocab.json"), "w", encoding="utf-8") as f:
+            json.dump(vocab, f)
+        with open(os.path.join(folder, "merges.txt"), "w", encoding="utf-8") as f:
+            f.write("#version: 0.2\n")
+        return CLIPTokenizer(os.path.join(folder, "vocab.json"), os.path.join(folder, "merges.txt"), **tokens)
 
 
 def tiny_text_encoder(vocab_size: int, seed: int = 0, hidden_size: int = 32, layers: int = 2):
