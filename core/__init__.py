@@ -8,8 +8,9 @@ import importlib
 _EXPORTS = {
     "check_latent": ".inversion", "invert_flow_latent": ".inversion", "invert_latent": ".inversion",
     "predict_noise": ".inversion",
-    "auto_corr_loss": ".regularization", "draw_shifts": ".regularization", "kl_divergence": ".regularization",
-    "pyramid_sizes": ".regularization", "regularize_noise": ".regularization",
+    "auto_corr_grad": ".regularization", "auto_corr_loss": ".regularization", "draw_shifts": ".regularization",
+    "kl_divergence": ".regularization", "kl_grad": ".regularization", "pyramid_sizes": ".regularization",
+    "regularize_noise": ".regularization",
     "SCHEDULES": ".schedule", "InversionSchedule": ".schedule", "inversion_schedule": ".schedule",
     "restore_schedule": ".schedule", "sigmas_from_alphas_cumprod": ".schedule",
 }

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from core import auto_corr_loss, draw_shifts, kl_divergence, pyramid_sizes, regularize_noise
+from core import auto_corr_grad, auto_corr_loss, draw_shifts, kl_divergence, kl_grad, pyramid_sizes, regularize_noise
 
 
 def _pipeline_cls():
@@ -63,6 +63,49 @@ def test_kl_divergence_matches_diffusers():
     torch.testing.assert_close(kl_divergence(noise), expected.reshape(1), rtol=1e-6, atol=1e-7)
     batch = torch.cat([noise, 0.5 * noise])
     torch.testing.assert_close(kl_divergence(batch)[1], _pipeline_cls().kl_divergence(None, 0.5 * noise))
+
+
+@pytest.mark.parametrize("height, width", [(64, 64), (32, 32), (18, 18), (13, 13), (8, 8), (5, 5), (24, 40)])
+def test_auto_corr_grad_is_the_gradient_of_the_loss(height, width):
+    """The written-out gradient equals autograd's, odd and non-square sizes included (pooling drops a row and a
+    column at odd sizes)."""
+    g = torch.Generator().manual_seed(height)
+    noise = torch.randn(2, 4, height, width, generator=g) + 0.5 * torch.randn(2, 4, 1, width, generator=g)
+    shifts = draw_shifts(g, 4, pyramid_sizes(height))
+    var = noise.clone().requires_grad_(True)
+    (expected,) = torch.autograd.grad(auto_corr_loss(var, shifts).sum(), var)
+    torch.testing.assert_close(auto_corr_grad(noise, shifts), expected, rtol=1e-5, atol=1e-9)
+    # per image: the other images do not contribute
+    torch.testing.assert_close(auto_corr_grad(noise[1:], shifts), expected[1:], rtol=1e-5, atol=1e-9)
+
+
+def test_kl_grad_is_the_gradient_of_the_loss():
+    g = torch.Generator().manual_seed(5)
+    noise = torch.cat([1.7 * torch.randn(1, 4, 16, 16, generator=g) + 0.2, 0.4 * torch.randn(1, 4, 16, 16, generator=g)])
+    var = noise.clone().requires_grad_(True)
+    (expected,) = torch.autograd.grad(kl_divergence(var).sum(), var)
+    torch.testing.assert_close(kl_grad(noise), expected, rtol=1e-5, atol=1e-9)
+
+
+def test_regularization_steps_like_autograd_on_the_losses():
+    """regularize_noise equals the references' loop (autograd on each loss, then a step), shifts replayed alike."""
+    g = torch.Generator().manual_seed(4)
+    noise = 0.8 * torch.randn(1, 4, 32, 32, generator=g) + 0.3 * torch.randn(1, 4, 32, 1, generator=g)
+    sizes = pyramid_sizes(32)
+    shifts = [draw_shifts(g, 4, sizes) for _ in range(25)]
+    it = iter(shifts)
+    ours = regularize_noise(noise, shift_sampler=lambda c, s: next(it))
+    eps = noise.clone()
+    it = iter(shifts)
+    for _ in range(5):
+        for _ in range(5):
+            var = eps.detach().requires_grad_(True)
+            (grad,) = torch.autograd.grad(auto_corr_loss(var, next(it)).sum(), var)
+            eps = eps - (20.0 / 5) * grad
+        var = eps.detach().requires_grad_(True)
+        (grad,) = torch.autograd.grad(kl_divergence(var).sum(), var)
+        eps = eps - 20.0 * grad
+    torch.testing.assert_close(ours, eps.detach(), rtol=1e-5, atol=1e-6)
 
 
 def test_shifts_are_never_zero_and_stay_below_half_the_level():
