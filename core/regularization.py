@@ -58,17 +58,32 @@ def draw_shifts(generator: torch.Generator, channels: int, level_sizes: Sequence
     return (1 + torch.floor(u * (upper - 1))).long()
 
 
-def _roll_per_channel(noise: torch.Tensor, shifts: torch.Tensor, dim: int) -> torch.Tensor:
-    """torch.roll with a different shift for each channel (noise [B, C, H, W], shifts [C])."""
-    size = noise.shape[dim]
-    index = torch.arange(size, device=noise.device)
-    # roll(n, d)[i] = n[(i - d) mod size]
-    index = (index[None, :] - shifts.to(noise.device)[:, None]) % size  # [C, size]
-    if dim == 2:
-        index = index[None, :, :, None].expand(noise.shape[0], -1, -1, noise.shape[3])
-    else:
-        index = index[None, :, None, :].expand(noise.shape[0], -1, noise.shape[2], -1)
-    return torch.gather(noise, dim, index)
+def _pyramid(noise: torch.Tensor, shifts: torch.Tensor) -> list[torch.Tensor]:
+    """The auto-correlation pyramid of noise (one map per pyramid_sizes level), after checking shifts fit it."""
+    level_count = len(pyramid_sizes(noise.shape[2]))
+    if shifts.shape != (noise.shape[1], level_count):
+        raise ValueError(f"shifts must have shape {(noise.shape[1], level_count)}, got {tuple(shifts.shape)}")
+    levels = [noise]
+    for _ in range(1, level_count):
+        levels.append(F.avg_pool2d(levels[-1], kernel_size=2))
+    return levels
+
+
+def _row_rolls(level: torch.Tensor, shifts: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """torch.roll(level, s, 2) for each row s of shifts [S, C], with a different shift per channel (level
+    [B, C, H, W]): whole rows picked by one index_select over the channel-and-row axis. Columns: roll the
+    transposed map (_both_axes)."""
+    batch, channels, height, width = level.shape
+    offsets = torch.arange(channels, device=level.device).view(1, channels, 1) * height
+    # roll(n, s)[i] = n[(i - s) mod size]
+    rows = (torch.arange(height, device=level.device) - shifts.to(level.device)[:, :, None]) % height + offsets
+    picked = torch.index_select(level.reshape(batch, channels * height, width), 1, rows.flatten())
+    return picked.view(batch, shifts.shape[0], channels, height, width).unbind(1)
+
+
+def _both_axes(level: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The map with its rows as rows, then with its columns as rows (so rolling rows rolls either axis)."""
+    return level, level.transpose(2, 3).contiguous()
 
 
 def auto_corr_loss(noise: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
@@ -77,17 +92,11 @@ def auto_corr_loss(noise: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
     noise: [B, C, H, W]; shifts: [C, L] with L == len(pyramid_sizes(H)), shared by the batch.
     Equals the references' loss for batch 1 given the same shifts (in the same channel-major order).
     """
-    level_count = len(pyramid_sizes(noise.shape[2]))
-    if shifts.shape != (noise.shape[1], level_count):
-        raise ValueError(f"shifts must have shape {(noise.shape[1], level_count)}, got {tuple(shifts.shape)}")
     loss = noise.new_zeros(noise.shape[0])
-    level = noise
-    for index in range(level_count):
-        if index > 0:
-            level = F.avg_pool2d(level, kernel_size=2)
-        d = shifts[:, index]
-        for dim in (2, 3):
-            corr = (level * _roll_per_channel(level, d, dim)).mean(dim=(2, 3))  # [B, C]
+    for index, level in enumerate(_pyramid(noise, shifts)):
+        for axis_first in _both_axes(level):
+            (rolled,) = _row_rolls(axis_first, shifts[None, :, index])
+            corr = (axis_first * rolled).mean(dim=(2, 3))  # [B, C]
             loss = loss + (corr**2).sum(dim=1)
     return loss
 
@@ -110,35 +119,20 @@ def _upsample_adjoint(grad: torch.Tensor, height: int, width: int) -> torch.Tens
     return F.pad(up, (0, width - up.shape[3], 0, height - up.shape[2]))
 
 
-def _row_rolls(level: torch.Tensor, shifts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(roll(level, d, 2), roll(level, -d, 2)) with d per channel (level [B, C, H, W], shifts [C]): whole rows picked
-    by one index_select over the channel-and-row axis."""
-    batch, channels, height, width = level.shape
-    signed = torch.cat([shifts, -shifts]).to(level.device).view(2, channels, 1)
-    offsets = torch.arange(channels, device=level.device).view(1, channels, 1) * height
-    rows = (torch.arange(height, device=level.device) - signed) % height + offsets  # [2, C, H]
-    picked = torch.index_select(level.reshape(batch, channels * height, width), 1, rows.flatten())
-    return picked.view(batch, 2, channels, height, width).unbind(1)
-
-
 def auto_corr_grad(noise: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
     """d auto_corr_loss(noise, shifts).sum() / d noise, [B, C, H, W].
 
     Per level and axis, corr = mean(m * roll(m, d)) gives d(corr^2)/dm = 2 corr (roll(m, d) + roll(m, -d)) / (H W);
     coarser levels come back through the pooling's adjoint."""
-    level_count = len(pyramid_sizes(noise.shape[2]))
-    if shifts.shape != (noise.shape[1], level_count):
-        raise ValueError(f"shifts must have shape {(noise.shape[1], level_count)}, got {tuple(shifts.shape)}")
-    levels = [noise]
-    for _ in range(1, level_count):
-        levels.append(F.avg_pool2d(levels[-1], kernel_size=2))
+    levels = _pyramid(noise, shifts)
     grad = None
-    for index in reversed(range(level_count)):
+    for index in reversed(range(len(levels))):
         level = levels[index]
         scale = 2.0 / (level.shape[2] * level.shape[3])
         level_grad = None if grad is None else _upsample_adjoint(grad, level.shape[2], level.shape[3])
-        for axis_first in (level, level.transpose(2, 3).contiguous()):  # rows, then columns as rows
-            forward, backward = _row_rolls(axis_first, shifts[:, index])
+        d = shifts[:, index]
+        for axis_first in _both_axes(level):
+            forward, backward = _row_rolls(axis_first, torch.stack([d, -d]))
             corr = (axis_first * forward).mean(dim=(2, 3), keepdim=True)  # [B, C, 1, 1]
             term = (scale * corr) * (forward + backward)
             term = term if axis_first is level else term.transpose(2, 3)
