@@ -23,6 +23,13 @@ import tempfile
 # 256 s spinning vs 25 s passive next to a busy process, 15 s vs 19 s on an idle machine. Set OMP_WAIT_POLICY
 # yourself (e.g. ACTIVE for timings on an idle machine) to override.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# Bitwise repeatability, which several host tests assert (the same graph twice, a run after an interrupted one): Intel
+# MKL's default mode (conditional numerical reproducibility off) let the gradient pass's products differ in the last
+# bits between identical runs in one process on an AVX-512 CPU (seen on 2026-12-03: 2 of 170 host tests, on ComfyUI
+# 0.3.64 and 0.8.0 alike; the tiny random models amplify 1e-8 to 0.1 over 4 steps). MKL_CBWR=AUTO (reproducibility on,
+# MKL's fastest code path for the CPU) already removed it there; STRICT also makes results independent of memory
+# alignment. MKL reads the variable once, when it loads. README: Repeatability.
+os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
 
 import pytest  # noqa: E402
 from scripts import tiny_models
