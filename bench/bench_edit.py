@@ -249,6 +249,89 @@ def build_weights(args, workdir):
     return sum(v.numel() for v in state.values())
 
 
+def model_calls(args):
+    """--calls: the model calls each side's invert + edit makes per step, timed on the same weights in one process.
+
+    Both UNets get the same seeded weights and run under torch.inference_mode (the gradient passes leave it) with
+    SDPA attention (ComfyUI booted with --use-pytorch-cross-attention; the pack's guided run uses SDPA on the CPU
+    too). Printed: each call's CPU time (the least of --repeats timings of 3 calls each), then the model work per
+    step of each pipeline:
+      ours:      invert 1 row + reference 1 row (negative = caption) + gradient pass 2 rows, gradient w.r.t. the
+                 latent only (an upper bound: the pack's pass stops at the last cross-attention layer) + CFG 2 rows;
+      diffusers: invert 1 row + reference 2 rows + gradient pass 2 rows (loss.backward() also fills every weight's
+                 .grad: the UNet's parameters require grad) + CFG 2 rows.
+    Their ratio is the CPU-time ratio that model work alone gives; the full run adds the regularization and the maps
+    (ours) and the system time of fresh allocations (mostly diffusers'), so its ratio comes out lower."""
+    import torch
+
+    from scripts import comfy_host, tiny_models
+
+    comfy_host.boot(device="cpu", attention="pytorch")
+    import comfy.supported_models
+    import comfy.utils
+
+    cfg = unet_config(args.model)
+    config = comfy.supported_models.SD15(dict(cfg))
+    config.set_inference_dtype(torch.float32, None)
+    ours = config.get_model({}).diffusion_model
+    tiny_models.init_module_weights(ours, args.seed)
+    ours.eval().requires_grad_(False)  # the pack's gradient pass: weights are constants, the latent is the leaf
+    state = ours.state_dict()
+    theirs = diffusers_unet(cfg)
+    key_map = comfy.utils.unet_to_diffusers(cfg)
+    theirs.load_state_dict({k: state[key_map[k]] for k in theirs.state_dict()})
+    theirs.eval()  # requires_grad left on, as StableDiffusionPix2PixZeroPipeline.from_pretrained leaves it
+
+    side = args.size // 8
+    g = torch.Generator().manual_seed(args.seed)
+    x2, c2 = torch.randn(2, 4, side, side, generator=g), torch.randn(2, 77, cfg["context_dim"], generator=g)
+    t2 = torch.full((2,), 500.0)
+
+    def ours_call(rows, grad=False):
+        x, c, t = x2[:rows], c2[:rows], t2[:rows]
+        if not grad:
+            return ours(x, timesteps=t, context=c)
+        with torch.inference_mode(False), torch.enable_grad():
+            leaf = x.clone().requires_grad_(True)
+            torch.autograd.grad(ours(leaf, timesteps=t, context=c).square().mean(), leaf)
+
+    def theirs_call(rows, grad=False):
+        x, c, t = x2[:rows], c2[:rows], t2[:rows]
+        if not grad:
+            return theirs(x, t, encoder_hidden_states=c).sample
+        with torch.inference_mode(False), torch.enable_grad():
+            theirs.zero_grad(set_to_none=True)
+            leaf = x.clone().requires_grad_(True)
+            theirs(leaf, t, encoder_hidden_states=c).sample.square().mean().backward()
+
+    def cpu_ms(fn):
+        fn()  # warm-up
+        best = float("inf")
+        for _ in range(max(args.repeats, 1)):
+            start = time.process_time()
+            for _ in range(3):
+                fn()
+            best = min(best, (time.process_time() - start) / 3 * 1000)
+        return best
+
+    with torch.inference_mode():
+        gap = (ours_call(2) - theirs_call(2)).abs().max().item()
+        timed = {}
+        for name, rows, grad in (("1 row", 1, False), ("2 rows", 2, False), ("gradient pass, 2 rows", 2, True)):
+            timed[name] = (cpu_ms(lambda: ours_call(rows, grad)), cpu_ms(lambda: theirs_call(rows, grad)))
+    print(f"UNet '{args.model}', latent {side}x{side}, fp32, CPU, {torch.get_num_threads()} threads, SDPA attention; "
+          f"max |ComfyUI UNet - diffusers UNet| on the same input: {gap:.1e}")
+    for name, (o, d) in timed.items():
+        print(f"  {name:>22}: ComfyUI's UNet {o:8.1f} ms   diffusers' UNet {d:8.1f} ms   ratio {o / d:.3f}")
+    one, two, grad = timed["1 row"], timed["2 rows"], timed["gradient pass, 2 rows"]
+    ours_step = one[0] + one[0] + grad[0] + two[0]
+    theirs_step = one[1] + two[1] + grad[1] + two[1]
+    print(f"model work per step: ours {ours_step:.0f} ms (invert 1 + reference 1 + gradient 2 + CFG 2 rows), "
+          f"diffusers {theirs_step:.0f} ms (invert 1 + reference 2 + gradient 2 with weight grads + CFG 2 rows): "
+          f"ratio {ours_step / theirs_step:.3f}")
+    return 0
+
+
 def _fmt_bytes(n):
     return f"{n / 2**20:8.1f} MiB" if n < 2**30 else f"{n / 2**30:8.2f} GiB"
 
@@ -268,6 +351,9 @@ def main():
     parser.add_argument("--attention", default="default", choices=("default", "pytorch"),
                         help="ComfyUI's attention backend for our side: its default for the device (CPU: "
                              "sub-quadratic), or pytorch (--use-pytorch-cross-attention: fused SDPA)")
+    parser.add_argument("--calls", action="store_true",
+                        help="instead of the full run: time each kind of model call both pipelines make per step, "
+                             "on the same weights in one process, and print the model work per step of each")
     parser.add_argument("--side", choices=("ours", "diffusers"), help=argparse.SUPPRESS)
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -277,6 +363,10 @@ def main():
         sys.exit("set COMFYUI_PATH to a ComfyUI checkout (the benchmark runs the pack's nodes inside ComfyUI)")
     if args.side:
         return child(args)
+    if args.calls:
+        if args.device != "cpu" or args.dtype != "fp32":
+            sys.exit("--calls times the CPU in fp32 only")
+        return model_calls(args)
 
     import torch
 
