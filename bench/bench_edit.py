@@ -224,29 +224,40 @@ def child(args):
     print("RESULT " + json.dumps({"side": args.side, "runs": results, "threads": torch.get_num_threads()}))
 
 
+def seeded_unets(cfg, seed):
+    """(ComfyUI's diffusion model, diffusers' UNet2DConditionModel) for a ComfyUI SD 1.x unet_config, with the same
+    float32 weights: seeded in ComfyUI's layout, copied with ComfyUI's own key map. ComfyUI must be booted."""
+    import torch
+    import comfy.supported_models
+    import comfy.utils
+
+    from scripts import tiny_models
+
+    config = comfy.supported_models.SD15(dict(cfg))
+    config.set_inference_dtype(torch.float32, None)
+    ours = config.get_model({}).diffusion_model
+    tiny_models.init_module_weights(ours, seed)
+    state = ours.state_dict()
+    theirs = diffusers_unet(cfg)
+    key_map = comfy.utils.unet_to_diffusers(cfg)  # diffusers key -> ComfyUI key
+    theirs.load_state_dict({k: state[key_map[k]] for k in theirs.state_dict()}, strict=True)
+    return ours, theirs
+
+
 def build_weights(args, workdir):
     """One seeded UNet in ComfyUI's layout, saved twice: ComfyUI keys (ours) and diffusers keys (theirs)."""
     import torch
     from safetensors.torch import save_file
 
-    from scripts import comfy_host, tiny_models
+    from scripts import comfy_host
 
     comfy_host.boot(device="cpu")
-    import comfy.supported_models
-    import comfy.utils
-
-    cfg = unet_config(args.model)
-    config = comfy.supported_models.SD15(dict(cfg))
-    config.set_inference_dtype(torch.float32, None)
-    model = config.get_model({})
-    tiny_models.init_module_weights(model.diffusion_model, args.seed)
+    ours, theirs = seeded_unets(unet_config(args.model), args.seed)
     dtype = torch.float16 if args.dtype == "fp16" else torch.float32
-    state = {k: v.detach().to(dtype).contiguous() for k, v in model.diffusion_model.state_dict().items()}
-    save_file(state, os.path.join(workdir, "ours.safetensors"))
-    key_map = comfy.utils.unet_to_diffusers(cfg)  # diffusers key -> ComfyUI key
-    theirs = {k: state[key_map[k]] for k in diffusers_unet(cfg).state_dict()}
-    save_file(theirs, os.path.join(workdir, "diffusers.safetensors"))
-    return sum(v.numel() for v in state.values())
+    for name, module in (("ours", ours), ("diffusers", theirs)):
+        state = {k: v.detach().to(dtype).contiguous() for k, v in module.state_dict().items()}
+        save_file(state, os.path.join(workdir, f"{name}.safetensors"))
+    return sum(v.numel() for v in ours.state_dict().values())
 
 
 def model_calls(args):
@@ -264,27 +275,18 @@ def model_calls(args):
     (ours) and the system time of fresh allocations (mostly diffusers'), so its ratio comes out lower."""
     import torch
 
-    from scripts import comfy_host, tiny_models
+    from scripts import comfy_host
 
     comfy_host.boot(device="cpu", attention="pytorch")
-    import comfy.supported_models
-    import comfy.utils
-
     cfg = unet_config(args.model)
-    config = comfy.supported_models.SD15(dict(cfg))
-    config.set_inference_dtype(torch.float32, None)
-    ours = config.get_model({}).diffusion_model
-    tiny_models.init_module_weights(ours, args.seed)
+    ours, theirs = seeded_unets(cfg, args.seed)
     ours.eval().requires_grad_(False)  # the pack's gradient pass: weights are constants, the latent is the leaf
-    state = ours.state_dict()
-    theirs = diffusers_unet(cfg)
-    key_map = comfy.utils.unet_to_diffusers(cfg)
-    theirs.load_state_dict({k: state[key_map[k]] for k in theirs.state_dict()})
     theirs.eval()  # requires_grad left on, as StableDiffusionPix2PixZeroPipeline.from_pretrained leaves it
 
-    side = args.size // 8
-    g = torch.Generator().manual_seed(args.seed)
-    x2, c2 = torch.randn(2, 4, side, side, generator=g), torch.randn(2, 77, cfg["context_dim"], generator=g)
+    # the full run's inputs, as a CFG batch [negative = caption, edited caption]
+    latent, caption, direction = inputs(args, cfg["context_dim"])
+    side = latent.shape[-1]
+    x2, c2 = latent.repeat(2, 1, 1, 1), torch.cat([caption, caption + direction])
     t2 = torch.full((2,), 500.0)
 
     def ours_call(rows, grad=False):
