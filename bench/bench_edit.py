@@ -139,7 +139,8 @@ def inputs(args, width):
     return latent, caption, direction
 
 
-def run_ours(args, weights_path, cfg):
+def run_ours(args, weights_path, cfg, instrument=None):
+    """Our invert + edit, --repeats runs; instrument(diffusion_model), if given, is called once before the runs."""
     import torch
 
     from scripts import comfy_host
@@ -159,6 +160,8 @@ def run_ours(args, weights_path, cfg):
         model = config.get_model({})
         model.diffusion_model.load_state_dict(comfy.utils.load_torch_file(weights_path))
         model.eval()
+        if instrument is not None:
+            instrument(model.diffusion_model)
         patcher = comfy.model_patcher.ModelPatcher(model, load_device=mm.get_torch_device(),
                                                    offload_device=mm.unet_offload_device())
     latent, caption, direction = inputs(args, cfg["context_dim"])
@@ -334,6 +337,67 @@ def model_calls(args):
     return 0
 
 
+def breakdown(args):
+    """--breakdown: one run of our invert + edit in this process, its CPU time split by where it goes: the UNet's
+    forward calls (by rows, with or without gradients; module hooks on the diffusion model, called even when the
+    gradient pass stops early), the backward of the gradient passes (torch.autograd.grad, which only they call), and
+    the rest (the regularization, maps and losses, conversions, ComfyUI's sampling loop: the pack's own work)."""
+    import collections
+
+    import torch
+
+    from scripts import comfy_host
+
+    cfg = unet_config(args.model)
+    spent = collections.defaultdict(lambda: [0, 0.0])  # kind -> [calls, CPU seconds]
+    started = []
+
+    def instrument(unet):
+        def before(module, call_args):
+            started.append((call_args[0].shape[0], torch.is_grad_enabled(), time.process_time()))
+
+        def after(module, call_args, output):
+            rows, grad, t0 = started.pop()
+            kind = spent[f"UNet forward, {rows} row{'s' if rows > 1 else ''}{', with gradients' if grad else ''}"]
+            kind[0] += 1
+            kind[1] += time.process_time() - t0
+
+        unet.register_forward_pre_hook(before)
+        unet.register_forward_hook(after, always_call=True)
+
+    real_grad = torch.autograd.grad
+
+    def timed_grad(*grad_args, **kwargs):
+        t0 = time.process_time()
+        try:
+            return real_grad(*grad_args, **kwargs)
+        finally:
+            kind = spent["backward of the gradient passes"]
+            kind[0] += 1
+            kind[1] += time.process_time() - t0
+
+    args.repeats = 1
+    with tempfile.TemporaryDirectory(prefix="p2pz-bench-edit-") as workdir:
+        # boot first: build_weights' boot (ComfyUI's default attention) is then a no-op
+        comfy_host.boot(device="cpu", attention=args.attention if args.attention == "pytorch" else None)
+        build_weights(args, workdir)
+        torch.autograd.grad = timed_grad
+        try:
+            (run,), _ = run_ours(args, os.path.join(workdir, "ours.safetensors"), cfg, instrument)
+        finally:
+            torch.autograd.grad = real_grad
+    total = run["cpu_seconds"]
+    print(f"ours, UNet '{args.model}', {args.size} px, {args.steps} steps, invert + edit, CPU, "
+          f"{torch.get_num_threads()} threads, ComfyUI attention: {args.attention}: CPU time {total:.2f} s "
+          f"(user {run['user_seconds']:.2f} + system {run['system_seconds']:.2f})")
+    for name, (calls, seconds) in sorted(spent.items()):
+        print(f"  {name:>36}: {calls:3d} calls {seconds:7.2f} s  {seconds / calls * 1000:6.0f} ms each  "
+              f"{seconds / total:6.1%}")
+    rest = total - sum(seconds for _, seconds in spent.values())
+    print(f"  {'everything else':>36}: {rest:17.2f} s  {'':14}{rest / total:6.1%}")
+    return 0
+
+
 def _fmt_bytes(n):
     return f"{n / 2**20:8.1f} MiB" if n < 2**30 else f"{n / 2**30:8.2f} GiB"
 
@@ -356,6 +420,9 @@ def main():
     parser.add_argument("--calls", action="store_true",
                         help="instead of the full run: time each kind of model call both pipelines make per step, "
                              "on the same weights in one process, and print the model work per step of each")
+    parser.add_argument("--breakdown", action="store_true",
+                        help="instead of the full run: run our side once in this process and split its CPU time "
+                             "into UNet forwards (by rows), the gradient passes' backward and everything else")
     parser.add_argument("--side", choices=("ours", "diffusers"), help=argparse.SUPPRESS)
     parser.add_argument("--workdir", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -369,6 +436,10 @@ def main():
         if args.device != "cpu" or args.dtype != "fp32":
             sys.exit("--calls times the CPU in fp32 only")
         return model_calls(args)
+    if args.breakdown:
+        if args.device != "cpu":
+            sys.exit("--breakdown measures CPU time: use it with --device cpu")
+        return breakdown(args)
 
     import torch
 
