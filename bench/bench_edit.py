@@ -139,6 +139,11 @@ def inputs(args, width):
     return latent, caption, direction
 
 
+def host_attention(args):
+    """comfy_host.boot's attention for --attention: "pytorch", or None for ComfyUI's default."""
+    return "pytorch" if args.attention == "pytorch" else None
+
+
 def run_ours(args, weights_path, cfg, instrument=None):
     """Our invert + edit, --repeats runs; instrument(diffusion_model), if given, is called once before the runs."""
     import torch
@@ -146,7 +151,7 @@ def run_ours(args, weights_path, cfg, instrument=None):
     from scripts import comfy_host
 
     # attention "pytorch" is ComfyUI's --use-pytorch-cross-attention (fused SDPA; the default on NVIDIA GPUs)
-    comfy_host.boot(device=args.device, attention=args.attention if args.attention == "pytorch" else None)
+    comfy_host.boot(device=args.device, attention=host_attention(args))
     comfy_host.load_pack()
     import comfy.model_management as mm
     import comfy.model_patcher
@@ -254,7 +259,7 @@ def build_weights(args, workdir):
 
     from scripts import comfy_host
 
-    comfy_host.boot(device="cpu")
+    comfy_host.boot(device="cpu", attention=host_attention(args))  # a later run_ours in this process boots no more
     ours, theirs = seeded_unets(unet_config(args.model), args.seed)
     dtype = torch.float16 if args.dtype == "fp16" else torch.float32
     for name, module in (("ours", ours), ("diffusers", theirs)):
@@ -346,8 +351,6 @@ def breakdown(args):
 
     import torch
 
-    from scripts import comfy_host
-
     cfg = unet_config(args.model)
     spent = collections.defaultdict(lambda: [0, 0.0])  # kind -> [calls, CPU seconds]
     started = []
@@ -378,8 +381,6 @@ def breakdown(args):
 
     args.repeats = 1
     with tempfile.TemporaryDirectory(prefix="p2pz-bench-edit-") as workdir:
-        # boot first: build_weights' boot (ComfyUI's default attention) is then a no-op
-        comfy_host.boot(device="cpu", attention=args.attention if args.attention == "pytorch" else None)
         build_weights(args, workdir)
         torch.autograd.grad = timed_grad
         try:
