@@ -19,7 +19,13 @@ from collections.abc import Hashable, Mapping, Sequence
 
 import torch
 
-__all__ = ["AttentionMaps", "attention_loss", "attention_probs", "explicit_attention", "split_heads"]
+__all__ = ["AttentionMaps", "at_least_float32", "attention_loss", "attention_probs", "explicit_attention", "split_heads"]
+
+
+def at_least_float32(t: torch.Tensor) -> torch.Tensor:
+    """t in float32 if it is in a half-precision type, else unchanged: float64 stays float64, so a computation run in
+    float64 (the tests compare formulas there, far below float32 rounding) is not rounded to float32 on the way."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
 
 
 def split_heads(t: torch.Tensor, heads: int) -> torch.Tensor:
@@ -31,7 +37,7 @@ def split_heads(t: torch.Tensor, heads: int) -> torch.Tensor:
 
 
 def attention_probs(q: torch.Tensor, k: torch.Tensor, heads: int, upcast: bool = False) -> torch.Tensor:
-    """softmax(q k^T * dim_head^-0.5) as [batch * heads, q_tokens, k_tokens], float32.
+    """softmax(q k^T * dim_head^-0.5) as [batch * heads, q_tokens, k_tokens], float32 (float64 for float64 inputs).
 
     q, k: [batch, tokens, heads * dim_head]. The scores are computed like diffusers' `get_attention_scores`
     (baddbmm with alpha = scale), in float32 when `upcast` (the model asks for it: SD 2.x) or when the inputs are
@@ -40,13 +46,13 @@ def attention_probs(q: torch.Tensor, k: torch.Tensor, heads: int, upcast: bool =
     """
     qh, kh = split_heads(q, heads), split_heads(k, heads)
     if upcast:
-        qh, kh = qh.float(), kh.float()
+        qh, kh = at_least_float32(qh), at_least_float32(kh)
     scale = qh.shape[-1] ** -0.5
     scores = torch.baddbmm(
         torch.empty(qh.shape[0], qh.shape[1], kh.shape[1], dtype=qh.dtype, device=qh.device),
         qh, kh.transpose(-1, -2), beta=0, alpha=scale,
     )
-    return scores.float().softmax(dim=-1)
+    return at_least_float32(scores).softmax(dim=-1)
 
 
 def explicit_attention(
@@ -75,7 +81,7 @@ def attention_loss(maps: torch.Tensor, reference: torch.Tensor, rows: float) -> 
             f"{tuple(reference.shape)}: the edit and the reconstruction must use the same latent size and prompt "
             "length (77-token chunks)"
         )
-    return (maps.float() - reference.float()).pow(2).sum() / rows
+    return (at_least_float32(maps) - at_least_float32(reference)).pow(2).sum() / rows
 
 
 class AttentionMaps:

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import torch
 
+from .attention import at_least_float32
+
 __all__ = ["apply_rope", "explicit_joint_attention", "token_slices"]
 
 
@@ -54,15 +56,19 @@ def explicit_joint_attention(
 
     out has the layout ComfyUI's attention functions return for these flags ([B, L, H * D], or [B, H, L, D] with
     skip_output_reshape), in v's dtype. maps: float32 [B * heads, image queries, text keys], rows normalized over
-    all keys. Scores are taken in float32 when `upcast` or the inputs are float32; the softmax always in float32.
+    all keys. Scores and softmax are taken in float32 (float64 for float64 inputs) from upcast q and k, whatever
+    `upcast` says (it is kept for the hosts' signature).
     """
     qh, kh, vh = (_heads_first(t, heads, skip_reshape) for t in (q, k, v))
-    if upcast:
-        qh, kh = qh.float(), kh.float()
+    # q and k are upcast before the product whatever `upcast` says: scores formed in bf16/fp16 put percent-level
+    # errors on the large probabilities the guidance compares (the maps are few, so this costs little).
+    qh, kh = at_least_float32(qh), at_least_float32(kh)
     scores = (qh @ kh.transpose(-1, -2)) * qh.shape[-1] ** -0.5
-    scores = scores.float()
     if mask is not None:  # ComfyUI's masks: boolean (True = attend) or additive
-        scores = scores.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else scores + mask.float()
+        if mask.dtype == torch.bool:
+            scores = scores.masked_fill(~mask, float("-inf"))
+        else:
+            scores = scores + mask.to(scores.dtype)
     probs = scores.softmax(dim=-1)
     out = probs.to(vh.dtype) @ vh
     if not skip_output_reshape:

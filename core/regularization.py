@@ -25,6 +25,8 @@ from typing import Callable, Optional, Sequence
 import torch
 import torch.nn.functional as F
 
+from .attention import at_least_float32
+
 __all__ = [
     "pyramid_sizes",
     "draw_shifts",
@@ -180,8 +182,8 @@ def regularize_noise(
 
     in_dtype = noise.dtype
     sizes = pyramid_sizes(noise.shape[2])
-    # fp32 so that fp16 models do not lose the small gradient steps
-    eps = noise.detach().float()
+    # at least fp32 so that fp16 models do not lose the small gradient steps (float64 stays float64)
+    eps = at_least_float32(noise.detach())
     for _ in range(num_reg_steps):
         if lambda_ac > 0:
             for _ in range(num_ac_rolls):

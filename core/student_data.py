@@ -55,7 +55,7 @@ def _as_batch(x: torch.Tensor) -> torch.Tensor:
         x = x[None]
     if x.ndim != 4 or x.shape[1] != 3:
         raise ValueError(f"expected RGB images [B, 3, H, W] or [3, H, W], got shape {tuple(x.shape)}")
-    return x.float()
+    return x if x.dtype == torch.float64 else x.float()  # scores in float32, or float64 when asked (tests)
 
 
 def _edge_map(x: torch.Tensor) -> torch.Tensor:

@@ -83,7 +83,7 @@ def tiny_pix2pix_zero_pipeline(unet):
         norm_num_groups=8,
     )
     pipe = StableDiffusionPix2PixZeroPipeline(
-        vae=vae,
+        vae=vae.to(unet.dtype),  # invert() casts the latent to the VAE's dtype: float64 tests need both in float64
         text_encoder=None,
         tokenizer=None,
         unet=unet,

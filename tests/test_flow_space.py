@@ -19,6 +19,8 @@ def test_noise_split_reproduces_the_latent_and_the_velocity(s):
     x, v = _xs()
     eps = noise_from_velocity(x, v, s)
     x0 = denoised_from_noise(x, eps, s)
+    # rule 3 (tolerances.py): each identity is a handful of float32 operations (gamma(6) = 3.6e-7 relative) on values
+    # up to |x| + |v| < 10: assert_close's float32 default (rtol 1.3e-6, atol 1e-5) and 1e-5 hold on every CPU
     torch.testing.assert_close((1 - s) * x0 + s * eps, x)
     torch.testing.assert_close(eps - x0, v, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(velocity_from_noise(x, eps, s), v, atol=1e-5, rtol=1e-5)
@@ -29,6 +31,7 @@ def test_unregularized_step_is_comfyui_euler_and_renoises_x0():
     s, s_next = 0.4, 0.55
     eps = noise_from_velocity(x, v, s)
     stepped = flow_step(x, eps, s, s_next)
+    # a few float32 operations on each side (rule 3, as above)
     torch.testing.assert_close(stepped, x + v * (s_next - s))  # ComfyUI's Euler step, d = (x - denoised) / sigma
     torch.testing.assert_close(stepped, (1 - s_next) * denoised_from_noise(x, eps, s) + s_next * eps)
 
@@ -43,6 +46,8 @@ def test_straight_path_is_inverted_exactly():
         return x - sigma.view(-1, 1, 1, 1) * (eps - x0)
 
     out = invert_flow_latent(denoise, x0, levels, lambda_ac=0, lambda_kl=0, num_reg_steps=0)
+    # three Euler steps of a few float32 operations each on |x0|, |eps| < 5: 3 gamma(6) * 10 = 1.1e-5 worst case in
+    # absolute terms, covered by atol + rtol |value| (rule 3)
     torch.testing.assert_close(out, 0.1 * x0 + 0.9 * eps, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(predict_velocity(denoise, x0, 0.5), eps - x0)
 

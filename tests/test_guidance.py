@@ -16,6 +16,7 @@ from core import sigmas_from_alphas_cumprod
 from core.attention import AttentionMaps, explicit_attention
 from core.guidance import CAPTION, EDITED, NEGATIVE, GuidedEditor, generation_sigmas, guided_edit, restate
 from map_losses import recording, total
+from tolerances import SAME_MATH_RTOL, same_math_atol
 
 WIDTH = 32  # tiny_unet's cross_attention_dim
 
@@ -101,14 +102,14 @@ def run_diffusers(unet, x_T, caption, negative, direction, steps, cfg, lambda_xa
     return edited, unet_calls, steps_seen
 
 
-def _embeddings(seed=1):
+def _embeddings(seed=1, dtype=torch.float32):
     g = torch.Generator().manual_seed(seed)
-    caption, other, direction = (torch.randn(1, 77, WIDTH, generator=g) for _ in range(3))
+    caption, other, direction = (torch.randn(1, 77, WIDTH, generator=g).to(dtype) for _ in range(3))
     return caption, other, 0.5 * direction
 
 
-def _x_T(seed=2, batch=1):
-    return torch.randn(batch, 4, 8, 8, generator=torch.Generator().manual_seed(seed))
+def _x_T(seed=2, batch=1, dtype=torch.float32):
+    return torch.randn(batch, 4, 8, 8, generator=torch.Generator().manual_seed(seed)).to(dtype)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -124,6 +125,14 @@ def one_thread():
 @pytest.fixture(scope="module")
 def unet():
     return tiny_unet(seed=0)
+
+
+@pytest.fixture(scope="module")
+def unet64(unet):
+    """The same weights in float64, for comparisons of computations that are equal in exact arithmetic but batch or
+    skip work differently (tolerances.py, rule 2): float32 rounding of the tiny random network differs by CPU and
+    kernel (1e-5 relative on one CPU, 1.08e-5 on another), float64's is 1e-9 times smaller."""
+    return copy.deepcopy(unet).double()
 
 
 @pytest.fixture(scope="module")
@@ -147,13 +156,15 @@ def test_generation_sigmas_are_the_references_ddim_levels(table):
 def _check_steps(model, editor, sigmas, unet_calls, steps_seen, steps, cfg):
     """Feed diffusers' own latents into our reference and edit steps, one at a time, and compare.
 
-    Tolerances (float32 everywhere, same weights): a UNet output differs only by rounding, from a different batch
-    composition and SDPA instead of explicit self-attention (~1e-6 relative). The latents of a step (x_t, up to
-    ~30 for a raw random network) then agree to 1e-5 relative to their size. The noise prediction is checked in
-    the same units: eps = (x - denoised) / sigma inherits the rounding of x (sigma space, x = x_t sqrt(1 + sigma^2))
-    divided by sigma, and CFG multiplies differences by up to 2 cfg, so |d eps| <= 1e-6 * 2 cfg * (1 + max|x| /
-    sigma). The guidance update itself (x_in after the SGD step minus before) is compared to 1e-3 of its size plus
-    the rounding of x.
+    Tolerances (float64 everywhere, same weights, so kernels and batch composition only add float64 rounding,
+    tolerances.py rule 2): what remains is the schedule, which both sides read from the same float32 alphas, diffusers
+    as alpha and we as float32 sigma (ComfyUI's tables are float32): a relative change of at most gamma(4) = 2.4e-7
+    in each step coefficient, entering linearly (rule 3). The latents of a step (x_t, up to ~30 for a raw random
+    network) then agree to 1e-5 relative to their size (40x that bound). The noise prediction: eps = (x - denoised) /
+    sigma inherits the rounding of x (x = x_t sqrt(1 + sigma^2), one float32-rounded coefficient) divided by sigma,
+    and CFG multiplies differences by up to 2 cfg, so |d eps| <= 1e-6 * 2 cfg * (1 + max|x| / sigma), 4x gamma(4).
+    The guidance update itself (x_in after the SGD step minus before): its step size lambda (1 + sigma^2) carries
+    the same coefficient rounding, 1e-3 of its size leaves 4000x room, plus 4e-7 of x for the update's subtraction.
     """
     worst = {}
     for i in range(steps):
@@ -188,11 +199,12 @@ def _check_steps(model, editor, sigmas, unet_calls, steps_seen, steps, cfg):
     return worst
 
 
-def test_step_by_step_parity_real_image_default(unet, table):
+def test_step_by_step_parity_real_image_default(unet64, table):
     """The authors' real-image setting: negative = caption, cfg 5, lambda_xa 0.1; 8 steps. Our reference pass
     evaluates the caption once (the CFG pair is identical) where diffusers evaluates it twice."""
-    caption, _, direction = _embeddings()
-    x_T, steps, cfg = _x_T(), 8, 5.0
+    unet = unet64  # float64: see _check_steps
+    caption, _, direction = _embeddings(dtype=torch.float64)
+    x_T, steps, cfg = _x_T(dtype=torch.float64), 8, 5.0
     _, unet_calls, steps_seen = run_diffusers(unet, x_T, caption, caption, direction, steps, cfg, 0.1)
     assert len(unet_calls) == 3 * steps and len(steps_seen) == 2 * steps
     model = DiffusersBranchModel(unet, {NEGATIVE: caption, CAPTION: caption, EDITED: caption + direction})
@@ -201,11 +213,12 @@ def test_step_by_step_parity_real_image_default(unet, table):
     assert worst[EDITED] > 1e-6  # the guidance moved the latent (by more than rounding)
 
 
-def test_step_by_step_parity_with_another_negative_and_strong_guidance(unet, table):
+def test_step_by_step_parity_with_another_negative_and_strong_guidance(unet64, table):
     """negative != caption (two reference branches), and lambda_xa 20 so that the guidance update (~1e-3 here:
     maps of a random network barely react to its input) stands far above float32 rounding (~1e-6)."""
-    caption, negative, direction = _embeddings(seed=3)
-    x_T, steps, cfg = _x_T(seed=4), 6, 7.5
+    unet = unet64  # float64: see _check_steps
+    caption, negative, direction = _embeddings(seed=3, dtype=torch.float64)
+    x_T, steps, cfg = _x_T(seed=4, dtype=torch.float64), 6, 7.5
     _, unet_calls, steps_seen = run_diffusers(unet, x_T, caption, negative, direction, steps, cfg, 20.0)
     model = DiffusersBranchModel(unet, {NEGATIVE: negative, CAPTION: caption, EDITED: caption + direction})
     editor = GuidedEditor(model, model.maps, cfg=cfg, lambda_xa=20.0)
@@ -213,10 +226,11 @@ def test_step_by_step_parity_with_another_negative_and_strong_guidance(unet, tab
     assert min(worst.values()) > 1e-4, worst
 
 
-def test_step_by_step_parity_v_prediction(unet, table):
+def test_step_by_step_parity_v_prediction(unet64, table):
     """SD 2.x-style v-prediction (the scheduler converts v; we take eps from ComfyUI's denoised); lambda_xa 0.01."""
-    caption, negative, direction = _embeddings(seed=5)
-    x_T, steps, cfg = _x_T(seed=6), 5, 5.0
+    unet = unet64  # float64: see _check_steps
+    caption, negative, direction = _embeddings(seed=5, dtype=torch.float64)
+    x_T, steps, cfg = _x_T(seed=6, dtype=torch.float64), 5, 5.0
     _, unet_calls, steps_seen = run_diffusers(unet, x_T, caption, negative, direction, steps, cfg, 0.01,
                                               prediction_type="v_prediction")
     model = DiffusersBranchModel(unet, {NEGATIVE: negative, CAPTION: caption, EDITED: caption + direction},
@@ -235,14 +249,15 @@ def test_step_by_step_parity_v_prediction(unet, table):
         torch.testing.assert_close(x_next / c_next, prev_edit, rtol=0, atol=1e-5 * float(prev_edit.abs().max()))
 
 
-def test_end_to_end_edit_and_reconstruction_match_diffusers(unet, table):
+def test_end_to_end_edit_and_reconstruction_match_diffusers(unet64, table):
     """Whole runs from the same x_T: our edited latent vs the pipeline's output, our reconstruction vs its reference
     loop's last latent. Tolerance: 20x the change of diffusers' own result when its x_T moves by 1e-6 (its
     sensitivity to rounding, measured here), plus 1e-5 of the latent's size."""
-    caption, _, direction = _embeddings(seed=7)
-    x_T, steps, cfg = _x_T(seed=8), 6, 5.0
+    unet = unet64  # float64: see _check_steps
+    caption, _, direction = _embeddings(seed=7, dtype=torch.float64)
+    x_T, steps, cfg = _x_T(seed=8, dtype=torch.float64), 6, 5.0
     reference, _, steps_seen = run_diffusers(unet, x_T, caption, caption, direction, steps, cfg, 0.1)
-    nudged = x_T + 1e-6 * torch.randn(x_T.shape, generator=torch.Generator().manual_seed(9))
+    nudged = x_T + 1e-6 * torch.randn(x_T.shape, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
     perturbed, _, _ = run_diffusers(unet, nudged, caption, caption, direction, steps, cfg, 0.1)
     sensitivity = float((perturbed - reference).abs().max())
     model = DiffusersBranchModel(unet, {NEGATIVE: caption, CAPTION: caption, EDITED: caption + direction})
@@ -301,28 +316,30 @@ def test_guidance_lowers_the_map_loss(unet, table):
     assert all(after[b] < before[b] for b in (NEGATIVE, EDITED)), (before, after)
 
 
-def test_zero_direction_without_guidance_reproduces_the_reconstruction(unet, table):
-    """lambda_xa 0 and a zero direction: the edit is the reconstruction. Tolerance 1e-5 of the latent's size: the
-    two loops evaluate the same model on the same inputs, only batched differently (and attn2 explicit in the
-    reference pass, SDPA in the edit pass), i.e. float32 rounding carried over 10 steps."""
-    caption, negative, _ = _embeddings(seed=12)
-    sigmas, x_T = generation_sigmas(table, 10), _x_T(seed=13)
+def test_zero_direction_without_guidance_reproduces_the_reconstruction(unet64, table):
+    """lambda_xa 0 and a zero direction: the edit is the reconstruction. The two loops evaluate the same model on the
+    same inputs, only batched differently (and attn2 explicit in the reference pass, SDPA in the edit pass): equal in
+    exact arithmetic, so compared in float64 (tolerances.py, rule 2)."""
+    caption, negative, _ = _embeddings(seed=12, dtype=torch.float64)
+    sigmas, x_T = generation_sigmas(table, 10), _x_T(seed=13, dtype=torch.float64)
     for neg in (caption, negative):
-        model = _model(unet, caption, neg, torch.zeros(1, 77, WIDTH))
+        model = _model(unet64, caption, neg, torch.zeros(1, 77, WIDTH, dtype=torch.float64))
         result = _run(model, x_T, sigmas, lambda_xa=0.0, negative_is_caption=neg is caption)
-        tol = 1e-5 * float(result.reconstruction.abs().max())
+        tol = same_math_atol(result.reconstruction)
         assert float((result.edited - result.reconstruction).abs().max()) <= tol
         assert not torch.equal(result.edited, x_T)
 
 
-def test_redundant_work_is_skipped_without_changing_results(unet, table):
+def test_redundant_work_is_skipped_without_changing_results(unet64, table):
     """An identical negative: one reference evaluation per step; the first step: no gradient for the negative copy
     (it sits on the reconstruction's latent, its maps are the reference maps) and no evaluation of it (its prediction
     is the reference step's negative one); lambda_xa 0: no gradient pass.
-    Results equal those of the full computation up to float32 rounding (batch composition)."""
-    caption, _, direction = _embeddings(seed=14)
-    sigmas, x_T = generation_sigmas(table, 4), _x_T(seed=15)
-    model = _model(unet, caption, caption, direction)
+    Results equal those of the full computation in exact arithmetic; the full computation's extra work only adds
+    rounding (the negative copy's gradient step is rounding noise, evaluated in another batch), so the comparison
+    runs in float64 (tolerances.py, rule 2)."""
+    caption, _, direction = _embeddings(seed=14, dtype=torch.float64)
+    sigmas, x_T = generation_sigmas(table, 4), _x_T(seed=15, dtype=torch.float64)
+    model = _model(unet64, caption, caption, direction)
     runs = []
     full = _run(model, x_T, sigmas, runs, lambda_xa=0.1)
     batches = [list(call) for call in model.calls]
@@ -336,26 +353,30 @@ def test_redundant_work_is_skipped_without_changing_results(unet, table):
     editor.reference_step(x, s, s_next)
     model.calls.clear()
     _, eps_full, losses = editor.edit_step(x, s, s_next)
-    assert losses[NEGATIVE] < 1e-9 and float((model.calls[-1][NEGATIVE] - x).abs().max()) < 1e-5
+    # float64: the maps of equal inputs differ by rounding only, so the loss is a sum of squares of ~1e-16 terms and
+    # the step moves x by rounding noise amplified through one gradient pass (rule 2's bound)
+    assert losses[NEGATIVE] < SAME_MATH_RTOL and float((model.calls[-1][NEGATIVE] - x).abs().max()) <= same_math_atol(x)
     # and its noise prediction is the reference step's, reused when the step knows it starts on the reconstruction
     _, eps_lean, _ = editor.edit_step(x, s, s_next, x_ref=x)
     assert list(model.calls[-1]) == [EDITED]
-    torch.testing.assert_close(eps_lean, eps_full, rtol=0, atol=1e-5 * float(eps_full.abs().max()))
+    torch.testing.assert_close(eps_lean, eps_full, rtol=0, atol=same_math_atol(eps_full))
     model.calls.clear()
     lean = _run(model, x_T, sigmas, lambda_xa=0.1, negative_is_caption=True)
     assert [list(call) for call in model.calls[:6]] == [[CAPTION], [EDITED], [EDITED], [CAPTION],
                                                         [NEGATIVE, EDITED], [NEGATIVE, EDITED]]
-    torch.testing.assert_close(lean.edited, full.edited, rtol=0, atol=1e-5 * float(full.edited.abs().max()))
+    torch.testing.assert_close(lean.edited, full.edited, rtol=0, atol=same_math_atol(full.edited))
     model.calls.clear()
     _run(model, x_T, sigmas, lambda_xa=0.0, negative_is_caption=True)
     assert len(model.calls) == 2 * 4  # reference + CFG pass per step, no gradient pass
 
 
-def test_paper_mode_guides_only_the_edited_branch_and_carries_it(unet, table):
+def test_paper_mode_guides_only_the_edited_branch_and_carries_it(unet64, table):
     """From the same latent, the edited copy gets exactly the references' step; the negative copy is not guided, both
-    CFG halves see the guided latent, and the guided latent is carried."""
-    caption, negative, direction = _embeddings(seed=16)
-    sigmas, x_T = generation_sigmas(table, 3), _x_T(seed=17)
+    CFG halves see the guided latent, and the guided latent is carried. float64: the two modes' gradient passes
+    batch differently (tolerances.py, rule 2)."""
+    unet = unet64
+    caption, negative, direction = _embeddings(seed=16, dtype=torch.float64)
+    sigmas, x_T = generation_sigmas(table, 3), _x_T(seed=17, dtype=torch.float64)
     s, s_next = float(sigmas[0]), float(sigmas[1])
     x = x_T * (1 + s**2) ** 0.5
     steps = {}
@@ -369,12 +390,15 @@ def test_paper_mode_guides_only_the_edited_branch_and_carries_it(unet, table):
     ref_calls, _, _, ref_losses = steps["references"]
     paper_calls, paper_next, paper_eps, paper_losses = steps["paper"]
     assert list(ref_calls[0]) == [NEGATIVE, EDITED] and list(paper_calls[0]) == [EDITED]  # gradient passes
-    torch.testing.assert_close(paper_calls[1][EDITED], ref_calls[1][EDITED], rtol=0, atol=1e-6)
+    torch.testing.assert_close(paper_calls[1][EDITED], ref_calls[1][EDITED], rtol=0,
+                               atol=same_math_atol(ref_calls[1][EDITED]))
     assert torch.equal(paper_calls[1][NEGATIVE], paper_calls[1][EDITED])
     assert not torch.equal(ref_calls[1][NEGATIVE], ref_calls[1][EDITED])
+    # the DDIM step's formula, a few float64 operations: assert_close's float64 default (rtol 1e-7) is far above
+    # gamma(4) = 4.4e-16 (rule 3)
     torch.testing.assert_close(paper_next, paper_calls[1][EDITED] + paper_eps * (s_next - s))
     assert set(ref_losses) == {NEGATIVE, EDITED} and set(paper_losses) == {EDITED}
-    assert paper_losses[EDITED] == pytest.approx(ref_losses[EDITED], rel=1e-5)
+    assert paper_losses[EDITED] == pytest.approx(ref_losses[EDITED], rel=SAME_MATH_RTOL)
     # whole runs differ, and without CFG the two modes are the same computation
     model = _model(unet, caption, negative, direction)
     runs = {m: _run(model, x_T, sigmas, lambda_xa=20.0, mode=m) for m in ("references", "paper")}
@@ -383,14 +407,15 @@ def test_paper_mode_guides_only_the_edited_branch_and_carries_it(unet, table):
     assert torch.equal(no_cfg["references"], no_cfg["paper"])
 
 
-def test_a_batch_edits_each_image_as_if_alone(unet, table):
-    caption, negative, direction = _embeddings(seed=18)
-    sigmas, x_T = generation_sigmas(table, 3), _x_T(seed=19, batch=2)
-    model = _model(unet, caption, negative, direction)
+def test_a_batch_edits_each_image_as_if_alone(unet64, table):
+    """Equal in exact arithmetic, batched differently: float64 (tolerances.py, rule 2)."""
+    caption, negative, direction = _embeddings(seed=18, dtype=torch.float64)
+    sigmas, x_T = generation_sigmas(table, 3), _x_T(seed=19, batch=2, dtype=torch.float64)
+    model = _model(unet64, caption, negative, direction)
     both = _run(model, x_T, sigmas, lambda_xa=20.0)
     for i in range(2):
         alone = _run(model, x_T[i:i + 1], sigmas, lambda_xa=20.0)
-        tol = 1e-5 * float(alone.edited.abs().max())
+        tol = same_math_atol(alone.edited)
         torch.testing.assert_close(both.edited[i:i + 1], alone.edited, rtol=0, atol=tol)
         torch.testing.assert_close(both.reconstruction[i:i + 1], alone.reconstruction, rtol=0, atol=tol)
 

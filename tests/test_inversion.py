@@ -5,15 +5,21 @@ import torch
 from core import auto_corr_loss, draw_shifts, invert_latent, inversion_schedule, kl_divergence, pyramid_sizes
 from core import predict_noise, regularize_noise
 from scripts.diffusers_tiny import tiny_pix2pix_zero_pipeline, tiny_unet, unet_denoiser
+from tolerances import same_math_atol
 
 _RANDINT = torch.randint  # the real one: Recorder patches torch.randint while diffusers runs
 
 
 @pytest.fixture(scope="module")
 def raw_model():
-    """A tiny SD-shaped UNet with raw random weights (the hardest case for matching numerics)."""
-    unet = tiny_unet(seed=0)
-    context = torch.randn(1, 77, 32, generator=torch.Generator().manual_seed(1))
+    """A tiny SD-shaped UNet with raw random weights (the hardest case for matching numerics), in float64: both
+    sides then agree to float64 rounding amplified by the network, and what is left is the schedule: both read the
+    same float32 alphas_cumprod, diffusers as alpha, we as sigma = sqrt((1 - alpha) / alpha) rounded to float32
+    (ComfyUI's sigma tables are float32). That rounding enters the step coefficients linearly, so the two sides'
+    latents differ by at most a few float32 ulps of |x| + |eps| (sigma up to 14.6): gamma(8) * 16 * max|x| < 1e-5
+    relative (tolerances.py, rule 3), whatever the CPU."""
+    unet = tiny_unet(seed=0).double()
+    context = torch.randn(1, 77, 32, generator=torch.Generator().manual_seed(1)).double()
     return unet, context, unet_denoiser(unet, context)
 
 
@@ -22,6 +28,14 @@ def smooth_model():
     """The same architecture with denoiser-like input sensitivity (see tiny_unet's input_gain)."""
     unet = tiny_unet(seed=0, input_gain=0.001)
     context = torch.randn(1, 77, 32, generator=torch.Generator().manual_seed(1))
+    return unet_denoiser(unet, context)
+
+
+@pytest.fixture(scope="module")
+def smooth_model64():
+    """smooth_model in float64, for comparisons of computations equal in exact arithmetic (tolerances.py, rule 2)."""
+    unet = tiny_unet(seed=0, input_gain=0.001).double()
+    context = torch.randn(1, 77, 32, generator=torch.Generator().manual_seed(1)).double()
     return unet_denoiser(unet, context)
 
 
@@ -61,15 +75,15 @@ class Recorder:
 def test_step_by_step_parity_with_diffusers_invert(raw_model, monkeypatch):
     """Same weights, same x_t in: our noise prediction and next latent match diffusers' at every step.
 
-    Tolerances: the noise prediction differs only by float32 rounding of the input (we scale x by
-    sqrt(1 + sigma^2) and the denoiser divides it back), measured ~1e-6 relative; 1e-4 absolute leaves margin for
-    BLAS differences. The regularization is 25 gradient steps of size lambda/5 = 4 on float32 losses, and the next
-    latent adds eps * (sigma_to - sigma_from) with sigma up to 14.6 (x in sigma space up to ~50): 1e-4 relative.
+    Tolerances (float64, see raw_model): the noise prediction differs by float64 rounding of the input only (we scale
+    x by sqrt(1 + sigma^2) and the denoiser divides it back); the regularization, 25 gradient steps of size
+    lambda/5 = 4 from equal noise, by float64 rounding; the next latent by the float32 rounding of the schedule's
+    sigma (raw_model's bound, 1e-5 relative). The tolerances below are those bounds with 10x margin.
     """
     unet, context, denoise = raw_model
     pipe = tiny_pix2pix_zero_pipeline(unet)
     rec = Recorder(pipe, monkeypatch)
-    latent = _latent()
+    latent = _latent().double()
     steps = 10
     pipe.invert(image=latent, prompt_embeds=context, num_inference_steps=steps, output_type="latent",
                 cross_attention_guidance_amount=0.1)
@@ -82,22 +96,24 @@ def test_step_by_step_parity_with_diffusers_invert(raw_model, monkeypatch):
         s_from, s_to, s_eval = float(sch.levels[k]), float(sch.levels[k + 1]), float(sch.eval_sigmas[k])
         x = sample * (1 + s_from**2) ** 0.5  # diffusers' x_t -> ComfyUI's sigma space
         eps = predict_noise(denoise, x, s_from, s_eval)
-        torch.testing.assert_close(eps, rec.unet_out[k], rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(eps, rec.unet_out[k], rtol=0, atol=same_math_atol(rec.unet_out[k]))
         used = rec.shifts[k * 25 * shifts_per_loss:(k + 1) * 25 * shifts_per_loss]
         it = iter(used)
         replay = lambda c, sizes: torch.tensor([next(it) for _ in range(c * len(sizes))]).view(c, len(sizes))
         eps_reg = regularize_noise(rec.unet_out[k], shift_sampler=replay)
-        torch.testing.assert_close(eps_reg, noise_pred, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(eps_reg, noise_pred, rtol=0, atol=same_math_atol(noise_pred))
         x_next = x + eps_reg * (s_to - s_from)
-        torch.testing.assert_close(x_next / (1 + s_to**2) ** 0.5, prev_sample, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(x_next / (1 + s_to**2) ** 0.5, prev_sample, rtol=0,
+                                   atol=1e-4 * float(prev_sample.abs().max()))
 
 
 def test_end_to_end_matches_diffusers_within_its_own_sensitivity(raw_model, monkeypatch):
     """The final inverted latent vs diffusers' over a whole run, same weights and shifts.
 
-    End to end, a random network amplifies float32 rounding (the reference's own result moves when its input moves
-    by one ulp). Tolerance: 20x the change of diffusers' own output when its input latent is perturbed by 1e-6,
-    measured in this test, plus 1e-5.
+    End to end, the random network amplifies the per-step differences (raw_model: float32 rounding of the schedule,
+    < 1e-5 relative per step, far below 1e-6 absolute here). Tolerance: 20x the change of diffusers' own output when
+    its input latent is perturbed by 1e-6 (the network's amplification, measured in this run on this CPU), i.e. room
+    for 10 steps each injecting a difference up to 2e-6, plus 1e-5.
     """
     unet, context, denoise = raw_model
     steps = 10
@@ -109,7 +125,7 @@ def test_end_to_end_matches_diffusers_within_its_own_sensitivity(raw_model, monk
         rec.stop()
         return out, rec.shifts
 
-    latent = _latent()
+    latent = _latent().double()
     reference, shifts = run_diffusers(latent)
     perturbed, _ = run_diffusers(latent + 1e-6 * torch.randn(latent.shape, generator=torch.Generator().manual_seed(9)))
     sensitivity = (perturbed - reference).abs().max().item()
@@ -167,15 +183,19 @@ def test_regularization_gives_more_gaussian_noise(smooth_model):
     assert totals["on"][2] < totals["off"][2], totals  # and the inverted latent itself is less auto-correlated
 
 
-def test_same_seed_same_result_and_batches_match_single_images(smooth_model):
+def test_same_seed_same_result_and_batches_match_single_images(smooth_model64):
+    """The same run twice is the same arithmetic: equal. A batch and its images alone are equal in exact arithmetic
+    and batched differently: float64 (tolerances.py, rule 2)."""
+    smooth_model = smooth_model64
     sch = inversion_schedule(smooth_model.sigma_table, 10)
-    batch = _latent(batch=2)
+    batch = _latent(batch=2).double()
     run = lambda lat, seed: invert_latent(smooth_model, lat, sch, generator=torch.Generator().manual_seed(seed))
     a, b, c = run(batch, 3), run(batch, 3), run(batch, 4)
     assert torch.equal(a, b)
     assert not torch.equal(a, c)
     for i in range(2):
-        torch.testing.assert_close(a[i : i + 1], run(batch[i : i + 1], 3), rtol=1e-4, atol=1e-4)
+        alone = run(batch[i : i + 1], 3)
+        torch.testing.assert_close(a[i : i + 1], alone, rtol=0, atol=same_math_atol(alone))
 
 
 def test_bad_latents_get_clear_errors(smooth_model):

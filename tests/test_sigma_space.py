@@ -34,6 +34,9 @@ def test_sampling_step_is_diffusers_ddim_step():
     reference = scheduler.step(eps, t, x_t).prev_sample
     s, s_prev = _sigma(scheduler.alphas_cumprod[t]), _sigma(scheduler.alphas_cumprod[prev])
     ours = to_ddim(ddim_step(from_ddim(x_t, s), eps, s, s_prev), s_prev)
+    # rule 3 (tolerances.py): about 10 float32 operations on each side, on |x_t|, |eps| < 6 with coefficients <= 15:
+    # 2 gamma(10) * 6 * 15 = 1.1e-4 at worst in x; back in x_t (divided by sqrt(1 + s^2) >= 1) 1e-5 holds with the
+    # rtol term for all but a worst case of every rounding in one direction, which the 1e-5 rtol covers
     torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-5)
 
 
@@ -46,7 +49,7 @@ def test_inversion_step_is_diffusers_inverse_step_for_eps():
     reference = scheduler.step(eps, t, x_t).prev_sample  # from level t - 100 to level t
     s_from, s_to = _sigma(scheduler.alphas_cumprod[t - 100]), _sigma(scheduler.alphas_cumprod[t])
     ours = to_ddim(ddim_step(from_ddim(x_t, s_from), eps, s_from, s_to), s_to)
-    torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-5)  # as above (rule 3)
 
 
 def test_v_prediction_noise_is_converted_at_the_evaluated_timestep():
@@ -66,8 +69,11 @@ def test_v_prediction_noise_is_converted_at_the_evaluated_timestep():
 
     x = from_ddim(x_t, float(table[t_from]))
     eps = predict_noise(denoise, x, float(table[t_from]), float(table[t_eval]))
+    # x_t * c / c: 2 roundings of |x_t| plus c's own (sqrt, square, add): gamma(5) |x_t| < 1e-5 (rule 3)
     torch.testing.assert_close(seen["unet_input"], x_t, rtol=1e-5, atol=1e-5)  # the UNet sees the level-s sample
     a = alphas[t_eval]
+    # the conversion divides by sigma(t_eval) and recombines terms up to |x| / sigma ~ 10 |x_t|: about 20 float32
+    # operations on values up to 10 * 5: gamma(20) * 50 = 6e-5 < 1e-4 (rule 3)
     torch.testing.assert_close(eps, a**0.5 * v + (1 - a) ** 0.5 * x_t, rtol=1e-4, atol=1e-4)
 
 
@@ -85,6 +91,8 @@ def test_sgd_step_size_is_the_references_step_on_x_t():
     stepped_t = x_t - lam * torch.autograd.grad(loss(leaf_t), leaf_t)[0]
     leaf = from_ddim(x_t, sigma).requires_grad_(True)
     stepped = leaf.detach() - sgd_step_size(lam, sigma) * torch.autograd.grad(loss(to_ddim(leaf, sigma)), leaf)[0]
+    # both sides: tanh, its derivative and a step, ~10 float32 operations per element on |x_t| < 5 and gradients
+    # below 4 |target| + 4: gamma(10) * (|x_t| + 0.1 |grad|) ~ 6e-7 (|x_t| + 1): within rtol 1e-5 + atol 1e-6 (rule 3)
     torch.testing.assert_close(to_ddim(stepped, sigma), stepped_t, rtol=1e-5, atol=1e-6)
 
 

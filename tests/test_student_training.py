@@ -51,7 +51,7 @@ def test_student_learns_a_known_translation(tmp_path):
     assert {"l1", "perceptual", "d", "g_adv"} <= set(seen[-1][2])
     meta = load_student(result.student_path)[1]
     assert meta["training_steps"] == "150" and meta["edit"] == "red -> blue" and meta["resolution"] == "32"
-    assert float(meta["held_out_l1"]) == pytest.approx(result.held_out_l1, abs=1e-6)
+    assert float(meta["held_out_l1"]) == pytest.approx(result.held_out_l1, abs=0.5e-6)  # written with 6 decimals
     # the saved student is the trained one: it maps a new image to its swap
     student, _ = load_student(result.student_path)
     x = torch.nn.functional.interpolate(torch.rand(1, 3, 10, 10, generator=torch.Generator().manual_seed(7)),
