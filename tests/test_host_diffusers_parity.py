@@ -4,6 +4,7 @@ SD 1.5-layout UNet is copied into a diffusers UNet2DConditionModel with ComfyUI'
 import pytest
 import torch
 from scripts import tiny_models
+from tolerances import rounding_atol
 
 pytestmark = pytest.mark.host
 
@@ -30,10 +31,11 @@ def _diffusers_twin(comfy_model):
 
 @pytest.mark.parametrize("steps", [1, 2])
 def test_inversion_matches_diffusers_on_shared_weights(comfy, tiny_sd15_objects, pack_nodes, steps):
-    """Regularization off (its parity with diffusers, shift by shift, is a CI test of core). Tolerance 2e-3 of the
-    latent's scale: ComfyUI's CPU attention (sub-quadratic) differs from diffusers' by up to ~4e-4 per UNet call at
-    this size. Only 1-2 steps: a raw random network amplifies those differences (5 steps: 3e-2), the same
-    amplification tests/test_inversion.py measures and bounds end to end against diffusers' own sensitivity."""
+    """Regularization off (its parity with diffusers, shift by shift, is a CI test of core). ComfyUI's CPU attention
+    (sub-quadratic, chunked softmax) and diffusers' differ by float32 rounding in every UNet call; a raw random
+    network amplifies that. Tolerance (tests/tolerances.py, rule 4): PER_EVALUATION x 2 x steps (one UNet call per step)
+    times the change of diffusers' own result when its input latent is nudged by NUDGE of its size (its amplification,
+    measured in this run), plus 8 float32 ulps. Only 1-2 steps: more steps amplify float32 rounding beyond what separates right from wrong here."""
     from scripts.diffusers_tiny import tiny_pix2pix_zero_pipeline
 
     model, clip, vae = tiny_sd15_objects
@@ -48,9 +50,15 @@ def test_inversion_matches_diffusers_on_shared_weights(comfy, tiny_sd15_objects,
     ours = ours / (1 + sigma_last**2) ** 0.5  # diffusers' x_T
 
     pipe = tiny_pix2pix_zero_pipeline(_diffusers_twin(model))
-    with torch.no_grad():
-        reference = pipe.invert(image=latent["samples"] * scale, prompt_embeds=cond[0][0].float().clone(),
-                                num_inference_steps=steps, lambda_auto_corr=0.0, lambda_kl=0.0,
-                                output_type="latent").latents
-    err = (ours - reference).abs().max() / reference.abs().max()
-    assert err < 2e-3, f"relative max difference {err:.2e}"
+
+    def theirs(samples):
+        with torch.no_grad():
+            return pipe.invert(image=samples * scale, prompt_embeds=cond[0][0].float().clone(),
+                               num_inference_steps=steps, lambda_auto_corr=0.0, lambda_kl=0.0,
+                               output_type="latent").latents
+
+    reference = theirs(latent["samples"])
+    tol = rounding_atol(theirs, latent["samples"], reference, evaluations=steps)
+    err = float((ours - reference).abs().max())
+    print(f"max difference {err:.2e}, tolerance {tol:.2e} (rule 4)")
+    assert err <= tol, f"max difference {err:.2e}, tolerance {tol:.2e} (rule 4)"

@@ -84,9 +84,17 @@ def test_bf16_guided_edit_is_finite_and_close_to_float32(comfy, pack_nodes):
     ref_err = float((half_ref - full_ref).abs().max() / full_ref.abs().max())  # bf16's own error, no gradient
     print(f"bf16 vs float32: first-step map loss {loss_err:.2e}, gradient {grad_err:.2e} (cosine {cosine:.5f}); "
           f"edited latent {edit_err:.2e}, reconstruction (no gradient involved) {ref_err:.2e} relative")
-    # Measured: loss 9e-4, gradient 0.11 (cosine 0.994); edit 0.13 vs the reconstruction's 0.024. bf16 keeps 8
-    # mantissa bits and the gradient (a backward through the whole UNet in bf16) is the least accurate part: it
-    # points the same way but its 10 % error, stepped three times on a raw random network, moves the edit about 5x
-    # further from float32 than the plain reconstruction. The bounds hold these figures with about 2x margin.
-    assert loss_err < 1e-2 and grad_err < 0.25 and cosine > 0.98, (loss_err, grad_err, cosine)
-    assert ref_err < 0.05 and edit_err < 0.3, (edit_err, ref_err)
+    # Bounds (tests/tolerances.py, rule 4): bf16 keeps 8 mantissa bits (u = 2^-9 = 2e-3) and how far that moves a
+    # result depends on the CPU's bf16 kernels, so the scale is measured in this run: ref_err, the reconstruction's
+    # own bf16 error (3 sampler steps, forward passes only). Its own bound: each UNet output is within gamma_bf16 of
+    # its ~10 sequential layers' magnitudes, 3 steps: < 30 u. The map loss (float32 softmax of bf16 scores) is no
+    # further off than the latents it is computed from: <= ref_err. The gradient is a backward through twice the bf16
+    # operations of a forward, and relative to a small norm (the loss is nearly flat for a random network): its
+    # relative error is a multiple of the forward's, and the one figure here that rests on observation: 4.6 ref_err
+    # on two CPUs (0.11 vs 0.024), allowed 12 ref_err. The edit carries three such steps: 18 ref_err, and the cosine
+    # 1 - 18 ref_err^2 (a relative error e gives cosine >= 1 - e^2 / 2). A lost gradient term (what this guards
+    # against) moves the gradient by 0.2 or more, which ref_err at float32-level accuracy would not allow.
+    assert ref_err < 30 * 2.0**-9, ref_err
+    assert loss_err <= ref_err and grad_err <= 12 * ref_err, (loss_err, grad_err, ref_err)
+    assert cosine >= 1 - 18 * ref_err**2, (cosine, ref_err)
+    assert edit_err <= 18 * ref_err, (edit_err, ref_err)

@@ -6,6 +6,7 @@ import pytest
 import torch
 from official_data import copy_photo
 from scripts import tiny_models
+from tolerances import rounding_atol
 
 pytestmark = pytest.mark.host
 
@@ -131,8 +132,15 @@ def test_same_seed_same_output_and_batches(comfy, pack_nodes):
     c = _invert(comfy, model, cond, latent, steps=5, seed=12)[0]["samples"]
     assert torch.equal(a, b) and not torch.equal(a, c)
     assert torch.isfinite(a).all()
-    single = _invert(comfy, model, cond, {"samples": latent["samples"][1:2]}, steps=5, seed=11)[0]["samples"]
-    torch.testing.assert_close(a[1:2], single, rtol=1e-3, atol=1e-3)
+    def invert_one(samples):
+        return _invert(comfy, model, cond, {"samples": samples}, steps=5, seed=11)[0]["samples"]
+
+    single = invert_one(latent["samples"][1:2])
+    # a batch and one image alone: float32 rounding of other batch compositions, bounded by the run's own
+    # amplification of a nudge of its input (tolerances.py, rule 4)
+    # per step: one UNet call and 5 x (5 + 1) regularization steps
+    tol = rounding_atol(invert_one, latent["samples"][1:2], single, evaluations=5 * 31)
+    torch.testing.assert_close(a[1:2], single, rtol=0, atol=tol)
     # one conditioning per image is accepted too
     pair = [[torch.cat([cond[0][0]] * 2), dict(cond[0][1])]]
     assert torch.isfinite(_invert(comfy, model, pair, latent, steps=2)[0]["samples"]).all()

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from scripts.tiny_models import tiny_conditioning as _conditioning, tiny_unet_model as _tiny_model
+from tolerances import rounding_atol
 
 pytestmark = pytest.mark.host
 
@@ -74,5 +75,13 @@ def test_guided_reconstruction_from_noise_is_stock_ksampler(comfy, layout):
         "P2PZ_GuidedEdit", model=model, positive=positive, negative=negative, inverted_latent=noise, steps=50,
         cfg=CFG, lambda_xa=0.0, guidance="references", edited_positive=positive)
     assert _relative(reconstruction["samples"], stock["samples"]) < 0.02
-    # Same math, other batching of the model calls: float32 rounding only.
-    assert _relative(edited["samples"], reconstruction["samples"]) < 1e-4
+    # Same math, other batching of the model calls: float32 rounding only, bounded by the run's own amplification of
+    # a nudge of its start (tests/tolerances.py, rule 4)
+
+    def reconstruct(samples):
+        return comfy.call_node("P2PZ_GuidedEdit", model=model, positive=positive, negative=negative,
+                               inverted_latent=dict(noise, samples=samples), steps=STEPS, cfg=CFG, lambda_xa=0.0,
+                               guidance="references", edited_positive=positive)[1]["samples"]
+
+    tol = rounding_atol(reconstruct, noise["samples"], reconstruction["samples"], evaluations=2 * STEPS)  # 2 passes
+    torch.testing.assert_close(edited["samples"], reconstruction["samples"], rtol=0, atol=tol)
