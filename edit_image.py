@@ -6,7 +6,7 @@
 It runs example_workflows/pix2pix_zero_1_edit_a_photo.json (BLIP caption, regularized inversion, edit direction,
 cross-attention-guided edit) exactly as ComfyUI would, with the given photo, words and checkpoint, shows each node
 and a progress bar, and writes the edited image: to --output, else to ComfyUI's output folder as
-pix2pix_zero/<source>_to_<target>_00001.png (the next free number). ComfyUI is found from --comfyui, else
+pix2pix-zero/<source>_to_<target>_00001.png (the next free number). ComfyUI is found from --comfyui, else
 $COMFYUI_PATH, else the ComfyUI this pack is installed in (custom_nodes/<pack>/). Run it with ComfyUI's own Python.
 Models come from ComfyUI's models folders (and its extra_model_paths.yaml); missing ones are downloaded on first use
 (the checkpoint from the URL the workflow names, BLIP from Hugging Face). Every argument and model is checked before
@@ -25,7 +25,7 @@ PACK_DIR = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_WORKFLOW = os.path.join(PACK_DIR, "example_workflows", "pix2pix_zero_1_edit_a_photo.json")
 DEFAULT_IMAGE = os.path.join(PACK_DIR, "assets", "cat.jpg")  # the authors' cat_1.png (MIT), see assets/
 DEFAULT_CHECKPOINT = "v1-5-pruned-emaonly-fp16.safetensors"  # what the example workflow loads
-OUTPUT_SUBFOLDER = "pix2pix_zero"  # in ComfyUI's output folder, when no --output is given
+OUTPUT_SUBFOLDER = "pix2pix-zero"  # in ComfyUI's output folder, as the example workflows' SaveImage prefixes
 # Same values as nodes/caption.py and core/caption.py, which import torch: this file must not before ComfyUI starts.
 DEFAULT_BLIP = "blip-image-captioning-base"
 BLIP_REPO_ID = "Salesforce/blip-image-captioning-base"

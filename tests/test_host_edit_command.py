@@ -96,9 +96,9 @@ def test_edit_command_writes_the_edited_image_in_the_format_asked(setup):
 
 def test_no_arguments_edits_the_bundled_photo_into_comfyuis_output(setup):
     """`python edit_image.py` (here with small settings) on a machine with the example's models: the bundled cat
-    photo becomes a dog in <output>/pix2pix_zero/cat_to_dog_NNNNN.png, next to what is there, never over it."""
+    photo becomes a dog in <output>/pix2pix-zero/cat_to_dog_NNNNN.png (the folder the example workflows save to), next to what is there, never over it."""
     base, work = setup
-    out = base / "output" / "pix2pix_zero"
+    out = base / "output" / "pix2pix-zero"
     out.mkdir(parents=True)
     (out / "cat_to_dog_00001.png").write_bytes(b"an earlier result")
     before = sorted(os.listdir(work))
