@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from .errors import ERROR_MODULE
 from .net import offline_reason, unreachable_reason
 
 __all__ = [
@@ -58,6 +59,7 @@ _RESAMPLE_MODES = {2: "bilinear", 3: "bicubic"}  # PIL resample codes in preproc
 
 class BlipModelMissingError(FileNotFoundError):
     """No usable BLIP captioning model in a folder (and it could not be downloaded)."""
+    __module__ = ERROR_MODULE  # a clean name in ComfyUI's error report (core/errors.py)
 
 
 # ---------------------------------------------------------------------------------------------------------------
