@@ -65,6 +65,11 @@ def check_arguments(args):
         if not getattr(args, option).strip():
             raise CommandError(f"--{option} is empty: name what the photo shows (--source) and what it should show "
                                f"(--target), e.g. --source cat --target dog")
+    if " ".join(args.source.lower().split()) == " ".join(args.target.lower().split()):
+        # CLIP lowercases its text: the two words would give the same sentences' embeddings, a zero direction
+        raise CommandError(f"--source {args.source!r} and --target {args.target!r} are the same word: the edit "
+                           f"direction would be all zeros and the run would only reproduce the photo; give "
+                           f"--target what the photo should show instead, e.g. --source cat --target dog")
     if args.output is not None:
         ext = os.path.splitext(args.output)[1].lower()
         if ext not in FORMATS:
