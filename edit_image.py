@@ -32,6 +32,11 @@ BLIP_REPO_ID = "Salesforce/blip-image-captioning-base"
 # For tests (and mirrors): where the default checkpoint is downloaded from instead of the workflow's URL.
 CHECKPOINT_URL_ENV = "P2PZ_CHECKPOINT_URL"
 FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
+# What a workflow may make this command download, as ComfyUI's frontend allows for a workflow's properties.models
+# (its missing-models dialog): these URL prefixes only, and only these file types (a .ckpt/.pt can hold code, an
+# .exe is a program). Names must stay inside their model folder (check_model_name).
+ALLOWED_DOWNLOAD_SOURCES = ("https://huggingface.co/", "https://civitai.com/", "http://localhost:")
+ALLOWED_DOWNLOAD_SUFFIXES = (".safetensors", ".sft")
 # The nodes' own limits (InvertLatent steps, BuildDirection count, ImageScale size), checked before ComfyUI starts.
 MAX_STEPS, MAX_SENTENCES, MAX_SIZE = 500, 10000, 16384
 
@@ -70,6 +75,9 @@ def check_arguments(args):
         raise CommandError(f"--source {args.source!r} and --target {args.target!r} are the same word: the edit "
                            f"direction would be all zeros and the run would only reproduce the photo; give "
                            f"--target what the photo should show instead, e.g. --source cat --target dog")
+    check_model_name(args.checkpoint, "--checkpoint")
+    if args.blip is not None:
+        check_model_name(args.blip, "--blip")
     if args.output is not None:
         ext = os.path.splitext(args.output)[1].lower()
         if ext not in FORMATS:
@@ -100,6 +108,45 @@ def check_arguments(args):
         raise CommandError(f"{args.workflow} is not a UI-format ComfyUI workflow (no 'nodes' list): save it from "
                            f"ComfyUI with Workflow > Save")
     return workflow
+
+
+def check_model_name(name, what):
+    """A model name as ComfyUI lists it: a file (or BLIP folder) inside its model folder, perhaps in a sub-folder
+    ("sd15/model.safetensors"). Refused: an absolute path, a drive, a backslash, a '..' or empty part, which could
+    name (or download to) a place outside the folder."""
+    parts = name.split("/")
+    why = None
+    if not name.strip():
+        why = "it is empty"
+    elif name.startswith("/") or os.path.isabs(name) or re.match(r"^[A-Za-z]:", name):
+        why = "it is an absolute path"
+    elif "\\" in name:
+        why = "it contains a backslash (a path separator on Windows)"
+    elif any(part in ("", ".", "..") for part in parts):
+        why = "it has a '..', '.' or empty path part"
+    if why:
+        raise CommandError(f"{what} {name!r} is refused: {why}. Give the name as it appears in its model folder "
+                           f"(e.g. {DEFAULT_CHECKPOINT}), and put the file in that folder")
+    return name
+
+
+def check_download(url, name, what):
+    """Refuse, before any network access, a download the frontend would not offer: a URL outside
+    ALLOWED_DOWNLOAD_SOURCES, a file type outside ALLOWED_DOWNLOAD_SUFFIXES, or a name that is not a plain file name
+    (a download never creates folders)."""
+    check_model_name(name, what)
+    why = None
+    if not isinstance(url, str) or not url.startswith(ALLOWED_DOWNLOAD_SOURCES):
+        why = (f"downloads are only made from {', '.join(ALLOWED_DOWNLOAD_SOURCES[:2])} (and "
+               f"{ALLOWED_DOWNLOAD_SOURCES[2]}), as in ComfyUI's own missing-models dialog")
+    elif not name.lower().endswith(ALLOWED_DOWNLOAD_SUFFIXES):
+        why = (f"only {' and '.join(ALLOWED_DOWNLOAD_SUFFIXES)} files are downloaded (they hold tensors only; other "
+               f"model files can run code when loaded)")
+    elif "/" in name:
+        why = "a download must name a plain file in the model folder, not a sub-folder"
+    if why:
+        raise CommandError(f"the workflow asks to download {what} {name!r} from {url}: refused, {why}. If you trust "
+                           f"the file, download it yourself and put it in the {what} folder")
 
 
 def check_format_supported(pil_format, path):
@@ -164,13 +211,16 @@ def find_missing_models(args, workflow, layout):
     extensions = tuple(layout["extensions"]["checkpoints"])
     if not any(os.path.isfile(os.path.join(d, args.checkpoint)) for d in checkpoint_dirs):
         url = workflow_checkpoint_url(workflow, args.checkpoint)
-        if url and os.environ.get(CHECKPOINT_URL_ENV):
+        if url:
+            check_download(url, args.checkpoint, "checkpoint")
+        if url and os.environ.get(CHECKPOINT_URL_ENV):  # the user's own mirror (and the tests' server)
             url = os.environ[CHECKPOINT_URL_ENV]
         installed = _listing(checkpoint_dirs, lambda p: os.path.isfile(p) and p.lower().endswith(extensions))
         missing.append(Missing("checkpoint", args.checkpoint, os.path.join(checkpoint_dirs[0], args.checkpoint),
                                checkpoint_dirs, url, installed, ""))
     blip = args.blip or workflow_blip_name(workflow)
     if blip:
+        check_model_name(blip, "BLIP model folder")
         default_dir = os.path.join(layout["models_dir"], "blip")  # the pack registers it after the yaml's paths
         blip_dirs = list(dict.fromkeys(layout["folders"].get("blip", []) + [default_dir]))
         if not any(os.path.isfile(os.path.join(d, blip, "config.json")) for d in blip_dirs):

@@ -45,7 +45,8 @@ def test_multiplier_zero_is_refused_naming_the_widget():
 
 def _args(**overrides):
     args = dict(steps=50, sentences=1000, size=512, seed=0, source="cat", target="dog", output=None,
-                image=os.path.join(REPO, "assets", "cat.jpg"), workflow=edit_image.DEFAULT_WORKFLOW, overwrite=False)
+                image=os.path.join(REPO, "assets", "cat.jpg"), workflow=edit_image.DEFAULT_WORKFLOW, overwrite=False,
+                checkpoint=edit_image.DEFAULT_CHECKPOINT, blip=None)
     args.update(overrides)
     return argparse.Namespace(**args)
 
