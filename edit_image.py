@@ -39,6 +39,8 @@ ALLOWED_DOWNLOAD_SOURCES = ("https://huggingface.co/", "https://civitai.com/", "
 ALLOWED_DOWNLOAD_SUFFIXES = (".safetensors", ".sft")
 # The nodes' own limits (InvertLatent steps, BuildDirection count, ImageScale size), checked before ComfyUI starts.
 MAX_STEPS, MAX_SENTENCES, MAX_SIZE = 500, 10000, 16384
+# The smallest image the pack inverts and edits: 8 * core.inversion.MIN_LATENT (not imported: it imports torch).
+MIN_SIZE = 16
 
 sys.path.insert(0, PACK_DIR)
 from scripts import comfy_host, model_fetch  # noqa: E402  (standard library only at import)
@@ -59,11 +61,11 @@ def check_arguments(args):
     if args.sentences < 1 or args.sentences > MAX_SENTENCES:
         raise CommandError(f"--sentences {args.sentences}: give 1 to {MAX_SENTENCES} sentences per word (about "
                            f"1000 give a clean direction)")
-    if args.size < 64 or args.size % 8 or args.size > MAX_SIZE:
-        lower, upper = max(64, args.size - args.size % 8), max(64, args.size - args.size % 8 + 8)
-        hint = f" (e.g. {lower} or {upper})" if args.size >= 64 and args.size % 8 else ""
-        raise CommandError(f"--size {args.size}: give a multiple of 8 from 64 to {MAX_SIZE}{hint}: the VAE works in "
-                           f"8-pixel blocks and would silently crop any other size; 512 suits SD 1.x")
+    if args.size < MIN_SIZE or args.size % 8 or args.size > MAX_SIZE:
+        lower, upper = max(MIN_SIZE, args.size - args.size % 8), max(MIN_SIZE, args.size - args.size % 8 + 8)
+        hint = f" (e.g. {lower} or {upper})" if args.size >= MIN_SIZE and args.size % 8 else ""
+        raise CommandError(f"--size {args.size}: give a multiple of 8 from {MIN_SIZE} to {MAX_SIZE}{hint}: the VAE "
+                           f"works in 8-pixel blocks and would silently crop any other size; 512 suits SD 1.x")
     if args.seed < 0 or args.seed > 0xFFFFFFFFFFFFFFFF:
         raise CommandError(f"--seed {args.seed}: give a number from 0 to 2**64 - 1")
     for option in ("source", "target"):
@@ -431,7 +433,7 @@ def main(argv=None):
                         help="sentences per word for the edit direction (1000; fewer is faster but less clean)")
     parser.add_argument("--size", type=int, default=512,
                         help="the photo is resized and centre-cropped to size x size first: a multiple of 8, at "
-                             "least 64 (512 for SD 1.x)")
+                             f"least {MIN_SIZE} (512 for SD 1.x)")
     parser.add_argument("--blip", help="BLIP folder name in models/blip (default: the workflow's, "
                                        f"{DEFAULT_BLIP}, downloaded on first use)")
     parser.add_argument("--workflow", default=DEFAULT_WORKFLOW, help="a UI-format workflow to run instead")

@@ -272,7 +272,8 @@ def check_images(images: torch.Tensor, what: str = "image") -> None:
     if not images.is_floating_point():
         raise ValueError(f"the {what} must hold floats in 0..1 (ComfyUI IMAGE), got {images.dtype}")
     if not torch.isfinite(images).all():
-        raise ValueError(f"the {what} contains NaN or infinite values")
+        raise ValueError(f"the {what} contains NaN or infinite values. Possible causes: the node that made it, e.g. a "
+                         "VAE decode in fp16 that overflowed (start ComfyUI with --fp32-vae)")
 
 
 def preprocess_images(images: torch.Tensor, captioner: BlipCaptioner) -> torch.Tensor:

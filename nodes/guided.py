@@ -30,7 +30,7 @@ from ..core.attention import AttentionMaps, explicit_attention
 from ..core.direction import check_edit
 from ..core.inference_weights import normal_tensor_weights
 from ..core.guidance import CAPTION, EDITED, GUIDANCE_MODES, NEGATIVE, generation_sigmas, guided_edit
-from ..core.inversion import check_latent
+from ..core.inversion import INVERSION_NAN_CAUSES, check_latent
 from ..core.schedule import restore_schedule
 from ..core.sigma_space import denoised_from_eps, restate
 from .common import (CATEGORY, DIRECTION_TYPE, INVERSION_KEY, check_conditioning_batch, discrete_model_sampling,
@@ -444,7 +444,7 @@ class GuidedEdit:
         model_sampling, width = _check_model(model)
         samples = inverted_latent["samples"]
         check_latent(samples, channels=model.get_model_object("latent_format").latent_channels,
-                     what="inverted latent")
+                     what="inverted latent", nan_causes=INVERSION_NAN_CAUSES)
         sigmas, start_level, steps = _schedule_of(inverted_latent, model_sampling, steps)
 
         if (direction is None) == (edited_positive is None):

@@ -59,3 +59,12 @@ def test_command_refuses_the_same_word_twice(source, target):
 
 def test_command_accepts_different_words():
     edit_image.check_arguments(_args(source="cat", target="dog"))
+
+
+def test_command_minimum_size_is_the_pack_minimum():
+    from core.inversion import MIN_LATENT
+
+    assert edit_image.MIN_SIZE == 8 * MIN_LATENT == 16
+    edit_image.check_arguments(_args(size=16))
+    with pytest.raises(edit_image.CommandError, match="--size 8: give a multiple of 8 from 16"):
+        edit_image.check_arguments(_args(size=8))

@@ -48,7 +48,8 @@ def _missing(tmp_path, name, url):
 
 
 @pytest.mark.parametrize("name, url, why", [
-    ("model.safetensors", "https://example.com/model.safetensors", "downloads are only made from https://huggingface.co/"),
+    ("model.safetensors", "https://example.com/model.safetensors",
+     "downloads are only made from https://huggingface.co/"),
     ("model.safetensors", "http://huggingface.co/x/model.safetensors", "downloads are only made from"),  # not https
     ("model.safetensors", "https://huggingface.co.evil.example/model.safetensors", "downloads are only made from"),
     ("model.exe", HF + "model.exe", "only .safetensors and .sft files are downloaded"),

@@ -118,8 +118,9 @@ def test_no_arguments_edits_the_bundled_photo_into_comfyuis_output(setup):
 @pytest.mark.parametrize("args, message", [
     (["--steps", "0"], "--steps 0: give 1 to 500"),
     (["--sentences", "0"], "--sentences 0: give 1 to 10000"),
-    (["--size", "0"], "--size 0: give a multiple of 8 from 64"),
-    (["--size", "60"], "--size 60: give a multiple of 8 from 64"),
+    (["--size", "0"], "--size 0: give a multiple of 8 from 16"),
+    (["--size", "8"], "--size 8: give a multiple of 8 from 16"),
+    (["--size", "60"], "(e.g. 56 or 64)"),
     (["--size", "100"], "(e.g. 96 or 104)"),
     (["--output", "dog.gif"], "must end in one of .png, .jpg, .jpeg, .webp"),
     (["--source", " "], "--source is empty"),
