@@ -330,7 +330,16 @@ def run(args, comfyui, workflow):
     try:
         shutil.copy(image, os.path.join(input_dir, os.path.basename(image)))
         nodes = boot(comfyui, args.cpu, input_dir, args.base_directory)
+        import comfy.model_management
         import comfy.utils
+
+        from core.cost import size_warning
+
+        device = comfy.model_management.get_torch_device()
+        warning = size_warning(args.size, args.size, on_cpu=device.type == "cpu",
+                               available_bytes=comfy.model_management.get_free_memory(device))
+        if warning:
+            print(f"warning: {warning}", flush=True)
 
         from scripts.workflow_api import node_definitions_from_classes, set_widget, ui_to_api
 

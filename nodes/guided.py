@@ -34,7 +34,7 @@ from ..core.inversion import INVERSION_NAN_CAUSES, check_latent
 from ..core.schedule import restore_schedule
 from ..core.sigma_space import denoised_from_eps, restate
 from .common import (CATEGORY, DIRECTION_TYPE, INVERSION_KEY, check_conditioning_batch, discrete_model_sampling,
-                     is_flow_model, log_map_loss)
+                     is_flow_model, log_map_loss, warn_if_large)
 
 COND_KEYS = {NEGATIVE: "negative", CAPTION: "positive", EDITED: "edited"}
 CFG_RANGE = (1.0, 30.0)
@@ -432,6 +432,9 @@ class GuidedEdit:
              direction_multiplier=1.0, edited_positive=None):
         if direction is not None:  # before any work: a zero direction (cat -> cat) or multiplier 0 edits nothing
             check_edit(direction, direction_multiplier, "direction_multiplier")
+        samples = inverted_latent.get("samples")
+        if isinstance(samples, torch.Tensor) and samples.ndim == 4:
+            warn_if_large(samples, model, "Guided Edit")
         if is_flow_model(model):  # SD 3.x / Flux: joint-attention guidance (nodes/guided_flow.py)
             from .guided_flow import flow_guided_edit_node
             _check_range("cfg", cfg, CFG_RANGE)

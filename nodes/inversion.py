@@ -12,7 +12,7 @@ from ..core.inversion import MIN_LATENT, check_inverted
 from ..core.schedule import FLOW_KIND, regeneration_sigmas
 from ..core.sigma_space import denoised_from_eps, start_noise
 from .common import (CATEGORY, INVERSION_KEY, SEED_INPUT, check_conditioning_batch, discrete_model_sampling,
-                     flow_model_sampling, is_flow_model)
+                     flow_model_sampling, is_flow_model, warn_if_large)
 from .guided import with_fast_attention
 
 
@@ -111,6 +111,8 @@ class InvertLatent:
         }
 
     def invert(self, model, conditioning, latent, steps, schedule, lambda_ac, lambda_kl, reg_steps, ac_rolls, seed):
+        if isinstance(latent.get("samples"), torch.Tensor) and latent["samples"].ndim == 4:
+            warn_if_large(latent["samples"], model, "Invert Latent")
         if is_flow_model(model):
             return self._invert_flow(model, conditioning, latent, steps, schedule, seed,
                                      dict(lambda_ac=lambda_ac, lambda_kl=lambda_kl, num_reg_steps=reg_steps,

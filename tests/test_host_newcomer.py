@@ -178,3 +178,29 @@ def test_error_report_names_the_pack_s_exception_types_cleanly(comfy, pack_nodes
     finally:
         folder_paths.folder_names_and_paths[folder_name][0].remove(folder)
         folder_paths.filename_list_cache.pop(folder_name, None)
+
+
+def test_large_images_are_warned_about_with_the_estimate(comfy, tiny_sd15_objects, pack_nodes, caplog):
+    """A 2048 px image on the CPU: Invert Latent and Guided Edit log a warning with the estimate and how to go
+    smaller, before any work (here the latent is then refused for its channels, so nothing heavy runs); 64 px: none."""
+    import logging
+
+    model, clip, _ = tiny_sd15_objects
+    caption = comfy.call_node("CLIPTextEncode", clip=clip, text="a cat")[0]
+    big = {"samples": torch.zeros(1, 16, 256, 256)}  # 2048 px; 16 channels: refused right after the warning
+    with caplog.at_level(logging.WARNING):
+        with pytest.raises(ValueError, match="16 channels"):
+            comfy.call_node("P2PZ_InvertLatent", model=model, conditioning=caption, latent=big, steps=STEPS,
+                            schedule="diffusers", lambda_ac=20.0, lambda_kl=20.0, reg_steps=5, ac_rolls=5, seed=0)
+        with pytest.raises(ValueError, match="16 channels"):
+            comfy.call_node("P2PZ_GuidedEdit", model=model, positive=caption, inverted_latent=big, steps=STEPS,
+                            cfg=5.0, lambda_xa=0.1, guidance="references", edited_positive=caption)
+    warnings = [r.getMessage() for r in caplog.records if "may not finish" in r.getMessage()]
+    assert len(warnings) == 2, warnings
+    assert warnings[0].startswith("pix2pix-zero Invert Latent: a 2048x2048 image may not finish")
+    assert warnings[1].startswith("pix2pix-zero Guided Edit:")
+    assert "256 times the work" in warnings[0] and "ImageScale to 512" in warnings[0]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        _module(comfy, "nodes.common").warn_if_large(torch.zeros(1, 4, 8, 8), model, "Invert Latent")
+    assert not [r for r in caplog.records if "may not finish" in r.getMessage()]
