@@ -323,7 +323,7 @@ def test_bad_inputs_get_clear_errors(comfy, tiny_sd15_objects, pack_nodes):
     edited = comfy.call_node("CLIPTextEncode", clip=clip, text="a dog")[0]
     inverted = _invert(comfy, model, caption, _latent(seed=14), steps=4)
     ok = {"edited_positive": edited}
-    wide = direction_module.EditDirection(embedding=torch.zeros(1, 77, 768), source="cat", target="dog")
+    wide = direction_module.EditDirection(embedding=torch.ones(1, 77, 768), source="cat", target="dog")
     with pytest.raises(ValueError, match="768 wide but this model's cross-attention expects 32"):
         _edit(comfy, model, caption, inverted, 4, direction=wide)
     # The steps widget must match the latent's inversion record: no widget is silently ignored.
@@ -351,7 +351,7 @@ def test_bad_inputs_get_clear_errors(comfy, tiny_sd15_objects, pack_nodes):
         _edit(comfy, model, caption, inverted, 4)
     with pytest.raises(ValueError, match="exactly one"):
         _edit(comfy, model, caption, inverted, 4, edited_positive=edited,
-              direction=direction_module.EditDirection(embedding=torch.zeros(1, 77, 32)))
+              direction=direction_module.EditDirection(embedding=torch.ones(1, 77, 32)))
     with pytest.raises(ValueError, match="has 2 entries"):
         _edit(comfy, model, caption + edited, inverted, 4, **ok)
     long = [[torch.cat([edited[0][0]] * 2, dim=1), {}]]
