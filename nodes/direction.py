@@ -26,6 +26,7 @@ from ..core.sentences import (
     read_sentence_file,
     sentence_file_label,
 )
+from .bundled import add_bundled_directions
 from .common import (
     CATEGORY,
     DIRECTION_TYPE,
@@ -37,6 +38,7 @@ from .common import (
 DIRECTIONS_FOLDER = "pix2pix_zero_directions"  # saved directions (.safetensors) and the authors' word files (.pt)
 SENTENCES_FOLDER = "pix2pix_zero_sentences"  # sentence files (.txt, one sentence per line)
 register_model_folder(DIRECTIONS_FOLDER, {".safetensors", ".pt"})
+add_bundled_directions(DIRECTIONS_FOLDER)  # the pack's ready-made directions, after the user's folders
 register_model_folder(SENTENCES_FOLDER, {".txt"})
 
 NONE = "(none)"
