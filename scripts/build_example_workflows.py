@@ -15,8 +15,13 @@ What the frontend needs from a template (ComfyUI serves every ``example_workflow
   bottom-right corner, at a scale where LiteGraph still draws text (at least MIN_SCALE; the layouts are compact
   enough for that: rows that read left to right, the bottom-right corner left empty);
 - the template browser shows the file name as the card's title and fetches ``<name>.jpg`` next to the .json as its
-  thumbnail (drawn here from the workflow's own graph with Pillow). Cards are listed in the server's order (a
-  directory listing) or, in newer frontends, sorted by name: the numbered file names give the reading order.
+  thumbnail (drawn here from the workflow's own graph with Pillow); its description is the file name with spaces.
+  Nothing else is read from a pack (no index.json, title, description or order: example_workflows/README.md). Cards
+  come in the server's glob order (the file system's, unsorted); the numbers in the names give the reading order
+  under the browser's "A -> Z" sort;
+- ``extra.workflowRendererVersion`` is left unset ("LG"): frontend 1.32+ in Nodes 2.0 then scales the layout by 1.2
+  (Comfy.VueNodes.AutoScaleLayout) and restores ``extra.ds``, so these layouts are framed for the classic renderer
+  only (issue 29, open; tests/test_host_browser.py NODES_2_LAYOUT_FAULT).
 """
 import json
 import math
