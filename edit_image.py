@@ -6,7 +6,7 @@
 It runs example_workflows/pix2pix_zero_1_edit_a_photo.json (BLIP caption, regularized inversion, edit direction,
 cross-attention-guided edit) exactly as ComfyUI would, with the given photo, words and checkpoint, shows each node
 and a progress bar, and writes the edited image: to --output, else to ComfyUI's output folder as
-pix2pix_zero/<source>_to_<target>_00001.png (the next free number). ComfyUI is found from --comfyui, else
+pix2pix-zero/<source>_to_<target>_00001.png (the next free number). ComfyUI is found from --comfyui, else
 $COMFYUI_PATH, else the ComfyUI this pack is installed in (custom_nodes/<pack>/). Run it with ComfyUI's own Python.
 Models come from ComfyUI's models folders (and its extra_model_paths.yaml); missing ones are downloaded on first use
 (the checkpoint from the URL the workflow names, BLIP from Hugging Face). Every argument and model is checked before
@@ -25,15 +25,22 @@ PACK_DIR = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_WORKFLOW = os.path.join(PACK_DIR, "example_workflows", "pix2pix_zero_1_edit_a_photo.json")
 DEFAULT_IMAGE = os.path.join(PACK_DIR, "assets", "cat.jpg")  # the authors' cat_1.png (MIT), see assets/
 DEFAULT_CHECKPOINT = "v1-5-pruned-emaonly-fp16.safetensors"  # what the example workflow loads
-OUTPUT_SUBFOLDER = "pix2pix_zero"  # in ComfyUI's output folder, when no --output is given
+OUTPUT_SUBFOLDER = "pix2pix-zero"  # in ComfyUI's output folder, as the example workflows' SaveImage prefixes
 # Same values as nodes/caption.py and core/caption.py, which import torch: this file must not before ComfyUI starts.
 DEFAULT_BLIP = "blip-image-captioning-base"
 BLIP_REPO_ID = "Salesforce/blip-image-captioning-base"
 # For tests (and mirrors): where the default checkpoint is downloaded from instead of the workflow's URL.
 CHECKPOINT_URL_ENV = "P2PZ_CHECKPOINT_URL"
 FORMATS = {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}
+# What a workflow may make this command download, as ComfyUI's frontend allows for a workflow's properties.models
+# (its missing-models dialog): these URL prefixes only, and only these file types (a .ckpt/.pt can hold code, an
+# .exe is a program). Names must stay inside their model folder (check_model_name).
+ALLOWED_DOWNLOAD_SOURCES = ("https://huggingface.co/", "https://civitai.com/", "http://localhost:")
+ALLOWED_DOWNLOAD_SUFFIXES = (".safetensors", ".sft")
 # The nodes' own limits (InvertLatent steps, BuildDirection count, ImageScale size), checked before ComfyUI starts.
 MAX_STEPS, MAX_SENTENCES, MAX_SIZE = 500, 10000, 16384
+# The smallest image the pack inverts and edits: 8 * core.inversion.MIN_LATENT (not imported: it imports torch).
+MIN_SIZE = 16
 
 sys.path.insert(0, PACK_DIR)
 from scripts import comfy_host, model_fetch  # noqa: E402  (standard library only at import)
@@ -54,17 +61,25 @@ def check_arguments(args):
     if args.sentences < 1 or args.sentences > MAX_SENTENCES:
         raise CommandError(f"--sentences {args.sentences}: give 1 to {MAX_SENTENCES} sentences per word (about "
                            f"1000 give a clean direction)")
-    if args.size < 64 or args.size % 8 or args.size > MAX_SIZE:
-        lower, upper = max(64, args.size - args.size % 8), max(64, args.size - args.size % 8 + 8)
-        hint = f" (e.g. {lower} or {upper})" if args.size >= 64 and args.size % 8 else ""
-        raise CommandError(f"--size {args.size}: give a multiple of 8 from 64 to {MAX_SIZE}{hint}: the VAE works in "
-                           f"8-pixel blocks and would silently crop any other size; 512 suits SD 1.x")
+    if args.size < MIN_SIZE or args.size % 8 or args.size > MAX_SIZE:
+        lower, upper = max(MIN_SIZE, args.size - args.size % 8), max(MIN_SIZE, args.size - args.size % 8 + 8)
+        hint = f" (e.g. {lower} or {upper})" if args.size >= MIN_SIZE and args.size % 8 else ""
+        raise CommandError(f"--size {args.size}: give a multiple of 8 from {MIN_SIZE} to {MAX_SIZE}{hint}: the VAE "
+                           f"works in 8-pixel blocks and would silently crop any other size; 512 suits SD 1.x")
     if args.seed < 0 or args.seed > 0xFFFFFFFFFFFFFFFF:
         raise CommandError(f"--seed {args.seed}: give a number from 0 to 2**64 - 1")
     for option in ("source", "target"):
         if not getattr(args, option).strip():
             raise CommandError(f"--{option} is empty: name what the photo shows (--source) and what it should show "
                                f"(--target), e.g. --source cat --target dog")
+    if " ".join(args.source.lower().split()) == " ".join(args.target.lower().split()):
+        # CLIP lowercases its text: the two words would give the same sentences' embeddings, a zero direction
+        raise CommandError(f"--source {args.source!r} and --target {args.target!r} are the same word: the edit "
+                           f"direction would be all zeros and the run would only reproduce the photo; give "
+                           f"--target what the photo should show instead, e.g. --source cat --target dog")
+    check_model_name(args.checkpoint, "--checkpoint")
+    if args.blip is not None:
+        check_model_name(args.blip, "--blip")
     if args.output is not None:
         ext = os.path.splitext(args.output)[1].lower()
         if ext not in FORMATS:
@@ -95,6 +110,45 @@ def check_arguments(args):
         raise CommandError(f"{args.workflow} is not a UI-format ComfyUI workflow (no 'nodes' list): save it from "
                            f"ComfyUI with Workflow > Save")
     return workflow
+
+
+def check_model_name(name, what):
+    """A model name as ComfyUI lists it: a file (or BLIP folder) inside its model folder, perhaps in a sub-folder
+    ("sd15/model.safetensors"). Refused: an absolute path, a drive, a backslash, a '..' or empty part, which could
+    name (or download to) a place outside the folder."""
+    parts = name.split("/")
+    why = None
+    if not name.strip():
+        why = "it is empty"
+    elif name.startswith("/") or os.path.isabs(name) or re.match(r"^[A-Za-z]:", name):
+        why = "it is an absolute path"
+    elif "\\" in name:
+        why = "it contains a backslash (a path separator on Windows)"
+    elif any(part in ("", ".", "..") for part in parts):
+        why = "it has a '..', '.' or empty path part"
+    if why:
+        raise CommandError(f"{what} {name!r} is refused: {why}. Give the name as it appears in its model folder "
+                           f"(e.g. {DEFAULT_CHECKPOINT}), and put the file in that folder")
+    return name
+
+
+def check_download(url, name, what):
+    """Refuse, before any network access, a download the frontend would not offer: a URL outside
+    ALLOWED_DOWNLOAD_SOURCES, a file type outside ALLOWED_DOWNLOAD_SUFFIXES, or a name that is not a plain file name
+    (a download never creates folders)."""
+    check_model_name(name, what)
+    why = None
+    if not isinstance(url, str) or not url.startswith(ALLOWED_DOWNLOAD_SOURCES):
+        why = (f"downloads are only made from {', '.join(ALLOWED_DOWNLOAD_SOURCES[:2])} (and "
+               f"{ALLOWED_DOWNLOAD_SOURCES[2]}), as in ComfyUI's own missing-models dialog")
+    elif not name.lower().endswith(ALLOWED_DOWNLOAD_SUFFIXES):
+        why = (f"only {' and '.join(ALLOWED_DOWNLOAD_SUFFIXES)} files are downloaded (they hold tensors only; other "
+               f"model files can run code when loaded)")
+    elif "/" in name:
+        why = "a download must name a plain file in the model folder, not a sub-folder"
+    if why:
+        raise CommandError(f"the workflow asks to download {what} {name!r} from {url}: refused, {why}. If you trust "
+                           f"the file, download it yourself and put it in the {what} folder")
 
 
 def check_format_supported(pil_format, path):
@@ -159,13 +213,16 @@ def find_missing_models(args, workflow, layout):
     extensions = tuple(layout["extensions"]["checkpoints"])
     if not any(os.path.isfile(os.path.join(d, args.checkpoint)) for d in checkpoint_dirs):
         url = workflow_checkpoint_url(workflow, args.checkpoint)
-        if url and os.environ.get(CHECKPOINT_URL_ENV):
+        if url:
+            check_download(url, args.checkpoint, "checkpoint")
+        if url and os.environ.get(CHECKPOINT_URL_ENV):  # the user's own mirror (and the tests' server)
             url = os.environ[CHECKPOINT_URL_ENV]
         installed = _listing(checkpoint_dirs, lambda p: os.path.isfile(p) and p.lower().endswith(extensions))
         missing.append(Missing("checkpoint", args.checkpoint, os.path.join(checkpoint_dirs[0], args.checkpoint),
                                checkpoint_dirs, url, installed, ""))
     blip = args.blip or workflow_blip_name(workflow)
     if blip:
+        check_model_name(blip, "BLIP model folder")
         default_dir = os.path.join(layout["models_dir"], "blip")  # the pack registers it after the yaml's paths
         blip_dirs = list(dict.fromkeys(layout["folders"].get("blip", []) + [default_dir]))
         if not any(os.path.isfile(os.path.join(d, blip, "config.json")) for d in blip_dirs):
@@ -273,7 +330,16 @@ def run(args, comfyui, workflow):
     try:
         shutil.copy(image, os.path.join(input_dir, os.path.basename(image)))
         nodes = boot(comfyui, args.cpu, input_dir, args.base_directory)
+        import comfy.model_management
         import comfy.utils
+
+        from core.cost import size_warning
+
+        device = comfy.model_management.get_torch_device()
+        warning = size_warning(args.size, args.size, on_cpu=device.type == "cpu",
+                               available_bytes=comfy.model_management.get_free_memory(device))
+        if warning:
+            print(f"warning: {warning}", flush=True)
 
         from scripts.workflow_api import node_definitions_from_classes, set_widget, ui_to_api
 
@@ -376,7 +442,7 @@ def main(argv=None):
                         help="sentences per word for the edit direction (1000; fewer is faster but less clean)")
     parser.add_argument("--size", type=int, default=512,
                         help="the photo is resized and centre-cropped to size x size first: a multiple of 8, at "
-                             "least 64 (512 for SD 1.x)")
+                             f"least {MIN_SIZE} (512 for SD 1.x)")
     parser.add_argument("--blip", help="BLIP folder name in models/blip (default: the workflow's, "
                                        f"{DEFAULT_BLIP}, downloaded on first use)")
     parser.add_argument("--workflow", default=DEFAULT_WORKFLOW, help="a UI-format workflow to run instead")

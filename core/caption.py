@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from .errors import ERROR_MODULE
 from .net import offline_reason, unreachable_reason
 
 __all__ = [
@@ -58,6 +59,7 @@ _RESAMPLE_MODES = {2: "bilinear", 3: "bicubic"}  # PIL resample codes in preproc
 
 class BlipModelMissingError(FileNotFoundError):
     """No usable BLIP captioning model in a folder (and it could not be downloaded)."""
+    __module__ = ERROR_MODULE  # a clean name in ComfyUI's error report (core/errors.py)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -270,7 +272,8 @@ def check_images(images: torch.Tensor, what: str = "image") -> None:
     if not images.is_floating_point():
         raise ValueError(f"the {what} must hold floats in 0..1 (ComfyUI IMAGE), got {images.dtype}")
     if not torch.isfinite(images).all():
-        raise ValueError(f"the {what} contains NaN or infinite values")
+        raise ValueError(f"the {what} contains NaN or infinite values. Possible causes: the node that made it, e.g. a "
+                         "VAE decode in fp16 that overflowed (start ComfyUI with --fp32-vae)")
 
 
 def preprocess_images(images: torch.Tensor, captioner: BlipCaptioner) -> torch.Tensor:

@@ -33,6 +33,7 @@ __all__ = [
     "apply_pooled_direction",
     "build_direction",
     "check_conditioning",
+    "check_edit",
     "conditioning_kind",
     "direction_from_word_embeddings",
     "encoder_fingerprint",
@@ -288,6 +289,32 @@ def check_conditioning(direction: EditDirection, width: int, pooled_width=None) 
         f"{conditioning_kind(width, pooled_width)}{got_pooled}): build the direction with the CLIP of the checkpoint you are "
         "editing with (P2PZ_BuildDirection on the same CLIP output that encodes the caption)"
     )
+
+
+def is_zero(direction: EditDirection) -> bool:
+    """Whether the direction moves nothing: its embedding (and pooled vector, if any) is all zeros."""
+    return not bool(direction.embedding.any()) and (direction.pooled is None or not bool(direction.pooled.any()))
+
+
+def check_edit(direction: EditDirection, multiplier: float = 1.0, multiplier_input: str = "multiplier") -> None:
+    """Refuse an edit that changes nothing, before minutes of sampling reproduce the image: an all-zero direction
+    (its source and target are the same, e.g. cat -> cat, or two identical word files) or a multiplier of 0.
+    ``multiplier_input`` names the node's widget for the multiplier."""
+    if is_zero(direction):
+        same = (f"its source and target are the same ({direction.source!r})"
+                if direction.source.strip().lower() == direction.target.strip().lower()
+                else f"its source ({direction.source!r}) and target ({direction.target!r}) encode identically")
+        raise ValueError(
+            f"the edit direction {direction.name!r} is all zeros: {same}, so the edit would only reproduce the "
+            "image. Give different words in Build Edit Direction's source and target (e.g. source 'cat', target "
+            "'dog'), or pick two different word files"
+        )
+    if float(multiplier) == 0.0:
+        raise ValueError(
+            f"{multiplier_input} is 0: the direction {direction.name!r} would be added 0 times and the edit would only "
+            f"reproduce the image; set {multiplier_input} to 1 (the references' strength; negative values reverse "
+            "the edit)"
+        )
 
 
 def apply_pooled_direction(pooled: torch.Tensor | None, direction: EditDirection, multiplier: float = 1.0):

@@ -17,14 +17,40 @@ from .schedule import InversionSchedule
 from .flow_space import denoised_from_noise, flow_step, noise_from_velocity, predict_velocity
 from .sigma_space import V_CONVERSION_LEVEL, V_CONVERSIONS, ddim_step, from_ddim, predict_noise
 
-__all__ = ["Denoiser", "check_latent", "predict_noise", "invert_flow_latent", "invert_latent"]
+# The smallest latent side the pack inverts and edits (16 px images; tests/test_host_newcomer.py runs every size
+# from there to 64 px). The regularization is finite down to 1x1 (core.regularization's notes); a 1 px latent
+# side leaves a UNet nothing to downsample.
+MIN_LATENT = 2
+
+__all__ = ["Denoiser", "ENCODE_NAN_CAUSES", "INVERSION_NAN_CAUSES", "INVERSION_RUN_NAN_CAUSES", "MIN_LATENT",
+           "check_inverted",
+           "check_latent", "predict_noise", "invert_flow_latent", "invert_latent"]
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 StepCallback = Callable[[int, torch.Tensor, torch.Tensor], None]
 
 
-def check_latent(latent: torch.Tensor, channels: Optional[int] = None, what: str = "latent") -> None:
-    """Raise ValueError naming the problem if `latent` cannot be inverted."""
+# What can put NaN or infinite values into a latent, named in the errors (each with its fix).
+ENCODE_NAN_CAUSES = ("the VAE encode overflowed (a VAE in fp16 can: start ComfyUI with --fp32-vae), or the image "
+                     "itself holds NaN (check the node that made it)")
+INVERSION_RUN_NAN_CAUSES = ("the model overflowed in fp16 (start ComfyUI with --force-fp32, or load the checkpoint "
+                            "in fp32), or the regularization diverged (lambda_ac or lambda_kl far above the paper's "
+                            "20: lower them, or set reg_steps 0 to check)")
+INVERSION_NAN_CAUSES = (INVERSION_RUN_NAN_CAUSES.replace(", or the regularization", ", the regularization")
+                        + ", or the encoded image already held NaN (a VAE in fp16 can overflow: --fp32-vae)")
+
+
+def check_inverted(x: torch.Tensor) -> None:
+    """Raise ValueError naming the possible causes if an inversion (from a finite latent) produced NaN or inf."""
+    if not torch.isfinite(x).all():
+        raise ValueError(f"the inversion produced NaN or infinite values. Possible causes: {INVERSION_RUN_NAN_CAUSES}")
+
+
+def check_latent(latent: torch.Tensor, channels: Optional[int] = None, what: str = "latent",
+                 nan_causes: str = ENCODE_NAN_CAUSES) -> None:
+    """Raise ValueError naming the problem if `latent` cannot be inverted. `nan_causes` says what can have made
+    NaN or infinite values in this latent (ENCODE_NAN_CAUSES for an encoded image, INVERSION_NAN_CAUSES for an
+    inverted one)."""
     if not isinstance(latent, torch.Tensor) or latent.ndim != 4:
         shape = tuple(latent.shape) if isinstance(latent, torch.Tensor) else type(latent).__name__
         raise ValueError(f"the {what} must be an image latent of shape [batch, channels, height, width], got {shape}")
@@ -33,13 +59,11 @@ def check_latent(latent: torch.Tensor, channels: Optional[int] = None, what: str
             f"the {what} has {latent.shape[1]} channels but this model works on {channels}-channel latents: "
             "encode the image with the VAE that belongs to the same checkpoint (VAEEncode)"
         )
-    if latent.shape[2] < 2 or latent.shape[3] < 2:
-        raise ValueError(f"the {what} is {latent.shape[2]}x{latent.shape[3]}: it must be at least 2x2 (16x16 pixels)")
+    if latent.shape[2] < MIN_LATENT or latent.shape[3] < MIN_LATENT:
+        raise ValueError(f"the {what} is {latent.shape[2]}x{latent.shape[3]}: it must be at least "
+                         f"{MIN_LATENT}x{MIN_LATENT} ({8 * MIN_LATENT}x{8 * MIN_LATENT} pixels)")
     if not torch.isfinite(latent).all():
-        raise ValueError(
-            f"the {what} contains NaN or infinite values: re-encode the image (a VAE in fp16 can overflow; "
-            "try the VAE in fp32 with --fp32-vae)"
-        )
+        raise ValueError(f"the {what} contains NaN or infinite values. Possible causes: {nan_causes}")
 
 
 def _regularization(lambda_ac, lambda_kl, num_reg_steps, num_ac_rolls, generator, shift_sampler) -> dict:

@@ -14,6 +14,26 @@ Conventions shared with the references (authors' `ddim_inv.py`, diffusers' `Stab
   bug there, fixed in the authors' code). We never draw 0;
 - KL is computed over one image's whole noise tensor with the unbiased variance.
 
+Small maps (latents of 16-32 px images, the references never meet them). The references' loops were written for
+64x64 latents; on a 2x2 or 3x3 map their plain gradient steps turn Gaussian noise into NaN. What we do there:
+- a level whose height H has H // 2 <= 1 (H < 4) has no shift in [1, H // 2): we draw none and that level adds no
+  auto-correlation term on either axis (the authors' randrange would fail there, diffusers' randint would give the
+  excluded d = 0). The shift is drawn from the height as in the references and also used along the width: a roll by
+  a multiple of the width is the identity there, its "correlation" is mean(n^2), so that width term is skipped too;
+- the pyramid stops where the references stop (the level is 8 px or smaller in height) and also where pooling would
+  leave a level without rows or columns (a map 1 px wide), so no term is ever a mean over zero elements;
+- the auto-correlation step: lambda_ac / rolls (4) is far below the loss's curvature on a 64x64 map, but on a map of a
+  few pixels (or noise a few times too large) it overshoots and the loss, a quartic, runs off to infinity. Each
+  channel's step is capped at 1 / (a bound on its curvature at the current point), see
+  _auto_corr_grad_and_curvature; where the references' step is within the cap (every ordinary latent) it is
+  taken exactly as before;
+- the KL step: with N values per image, a step of lambda_kl on (var - 1 - log var) changes the variance's distance
+  to 1 by a factor (1 - 4 lambda_kl / (N - 1)) near var = 1 (its linearization), which diverges once
+  4 lambda_kl / (N - 1) > 2: N <= 41 for the default 20, i.e. a 2x2 or 3x3 latent of 4 channels. The step is capped
+  at (N - 1) / 4 (factor >= 0: it never overshoots var = 1), which leaves every image of more than 4 lambda_kl + 1
+  values per image (81 for the default: any 4-channel latent from 4x5 up) exactly as the references step it. The
+  variance needs at least 2 values: an image of one value gets no KL step (its unbiased variance is undefined).
+
 Differences, on purpose: the references handle batch 1. Here every image of a batch gets its own losses (their
 gradients do not mix), and the batch shares the shifts, so an image inverted inside a batch gets exactly the
 result it gets alone with the same seed. Shifts are drawn from a caller-provided generator so results repeat.
@@ -41,11 +61,13 @@ __all__ = [
 ShiftSampler = Callable[[int, Sequence[int]], torch.Tensor]
 
 
-def pyramid_sizes(height: int) -> list[int]:
-    """Heights of the auto-correlation pyramid levels: H, H/2, ... until a level is 8 px or smaller."""
+def pyramid_sizes(height: int, width: Optional[int] = None) -> list[int]:
+    """Heights of the auto-correlation pyramid levels: H, H/2, ... until a level is 8 px or smaller (the
+    references' rule), or, given the width, until pooling would leave a level less than 1 px wide."""
     sizes = [height]
-    while sizes[-1] > 8:
+    while sizes[-1] > 8 and (width is None or width >= 2):
         sizes.append(sizes[-1] // 2)  # avg_pool2d(kernel 2) floors odd sizes
+        width = None if width is None else width // 2
     return sizes
 
 
@@ -53,16 +75,20 @@ def draw_shifts(generator: torch.Generator, channels: int, level_sizes: Sequence
     """Random shifts d in [1, size // 2) per channel and pyramid level, as a LongTensor [channels, levels].
 
     One uniform draw per entry (a single generator call): cheaper than a randint per entry and just as
-    deterministic. Levels of height < 4 have no valid shift >= 1 below size // 2, so they use 1.
+    deterministic. A level of height < 4 has no shift in [1, size // 2) (the range is empty): its entries are 0,
+    which the losses read as "no term for this level" (never as a roll by 0, see the module's notes). The draws are
+    made for it all the same, so the generator's stream does not depend on the map's size.
     """
     upper = torch.tensor([max(size // 2, 2) for size in level_sizes], dtype=torch.float64)
     u = torch.rand((channels, len(level_sizes)), generator=generator, dtype=torch.float64)
-    return (1 + torch.floor(u * (upper - 1))).long()
+    shifts = (1 + torch.floor(u * (upper - 1))).long()
+    empty = torch.tensor([size // 2 <= 1 for size in level_sizes])
+    return shifts.masked_fill(empty[None, :], 0)
 
 
 def _pyramid(noise: torch.Tensor, shifts: torch.Tensor) -> list[torch.Tensor]:
     """The auto-correlation pyramid of noise (one map per pyramid_sizes level), after checking shifts fit it."""
-    level_count = len(pyramid_sizes(noise.shape[2]))
+    level_count = len(pyramid_sizes(noise.shape[2], noise.shape[3]))
     if shifts.shape != (noise.shape[1], level_count):
         raise ValueError(f"shifts must have shape {(noise.shape[1], level_count)}, got {tuple(shifts.shape)}")
     levels = [noise]
@@ -88,10 +114,18 @@ def _both_axes(level: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return level, level.transpose(2, 3).contiguous()
 
 
+def _rolls_something(shifts: torch.Tensor, size: int, like: torch.Tensor) -> torch.Tensor:
+    """1.0 where a roll by the shift changes a map of `size` rows, 0.0 where it is the identity (a shift of 0, the
+    "no shift" of draw_shifts, or a multiple of the size): such a term would be mean(n^2)^2, not a correlation.
+    Shape [1, C] (or [1, C, 1, 1] for like.dim() == 4), in like's dtype and device."""
+    mask = (shifts % size != 0).to(device=like.device, dtype=like.dtype)[None, :]
+    return mask if like.dim() == 2 else mask[:, :, None, None]
+
+
 def auto_corr_loss(noise: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
     """Multi-scale auto-correlation loss of each image, shape [B].
 
-    noise: [B, C, H, W]; shifts: [C, L] with L == len(pyramid_sizes(H)), shared by the batch.
+    noise: [B, C, H, W]; shifts: [C, L] with L == len(pyramid_sizes(H, W)), shared by the batch.
     Equals the references' loss for batch 1 given the same shifts (in the same channel-major order).
     """
     loss = noise.new_zeros(noise.shape[0])
@@ -99,13 +133,17 @@ def auto_corr_loss(noise: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
         for axis_first in _both_axes(level):
             (rolled,) = _row_rolls(axis_first, shifts[None, :, index])
             corr = (axis_first * rolled).mean(dim=(2, 3))  # [B, C]
-            loss = loss + (corr**2).sum(dim=1)
+            valid = _rolls_something(shifts[:, index], axis_first.shape[2], corr)
+            loss = loss + (valid * corr**2).sum(dim=1)
     return loss
 
 
 def kl_divergence(noise: torch.Tensor) -> torch.Tensor:
-    """KL-style penalty pulling each image's noise to mean 0, variance 1: var + mean^2 - 1 - log(var), shape [B]."""
+    """KL-style penalty pulling each image's noise to mean 0, variance 1: var + mean^2 - 1 - log(var), shape [B].
+    Images need at least 2 values (the unbiased variance of one value is undefined)."""
     flat = noise.flatten(start_dim=1)
+    if flat.shape[1] < 2:
+        raise ValueError(f"kl_divergence needs at least 2 values per image (unbiased variance), got {flat.shape[1]}")
     mean = flat.mean(dim=1)
     var = flat.var(dim=1)  # unbiased, as the references
     return var + mean**2 - 1 - torch.log(var + 1e-7)
@@ -126,27 +164,48 @@ def auto_corr_grad(noise: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
 
     Per level and axis, corr = mean(m * roll(m, d)) gives d(corr^2)/dm = 2 corr (roll(m, d) + roll(m, -d)) / (H W);
     coarser levels come back through the pooling's adjoint."""
+    return _auto_corr_grad_and_curvature(noise, shifts)[0]
+
+
+def _auto_corr_grad_and_curvature(noise: torch.Tensor, shifts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(auto_corr_grad, a bound on the largest eigenvalue of each channel's loss Hessian [B, C, 1, 1]).
+
+    One term, on a level of M values: c = mean(m * roll(m, d)) = m^T S m / M with S = (R + R^T) / 2 (R the roll,
+    orthogonal, so ||S|| <= 1). The Hessian of c^2 is 2 grad c grad c^T + 2 c hess c with grad c = 2 S m / M and
+    hess c = 2 S / M, so its norm is at most 8 |S m|^2 / M^2 + 4 |c| / M, and S m = (roll(m, d) + roll(m, -d)) / 2.
+    A level k below the map is P m with P the k-fold 2x2 average pooling, ||P||^2 = 4^-k: its bound counts 4^-k.
+    Summed over axes and levels this bounds the whole channel's curvature at the current point; a gradient step no
+    larger than 1 / bound does not overshoot there (plain gradient descent on a quadratic with that curvature)."""
     levels = _pyramid(noise, shifts)
     grad = None
+    curvature = noise.new_zeros(noise.shape[0], noise.shape[1], 1, 1)
     for index in reversed(range(len(levels))):
         level = levels[index]
-        scale = 2.0 / (level.shape[2] * level.shape[3])
+        size = level.shape[2] * level.shape[3]
+        scale = 2.0 / size
         level_grad = None if grad is None else _upsample_adjoint(grad, level.shape[2], level.shape[3])
         d = shifts[:, index]
         for axis_first in _both_axes(level):
             forward, backward = _row_rolls(axis_first, torch.stack([d, -d]))
             corr = (axis_first * forward).mean(dim=(2, 3), keepdim=True)  # [B, C, 1, 1]
-            term = (scale * corr) * (forward + backward)
+            valid = _rolls_something(d, axis_first.shape[2], corr)
+            corr = corr * valid  # skipped terms have no gradient
+            both = forward + backward
+            term = (scale * corr) * both
             term = term if axis_first is level else term.transpose(2, 3)
             level_grad = term if level_grad is None else level_grad + term
+            s_norm2 = (0.25 * both.square()).sum(dim=(2, 3), keepdim=True)  # |S m|^2
+            curvature = curvature + valid * (8 * s_norm2 / size**2 + 4 * corr.abs() / size) / 4**index
         grad = level_grad
-    return grad
+    return grad, curvature
 
 
 def kl_grad(noise: torch.Tensor) -> torch.Tensor:
     """d kl_divergence(noise).sum() / d noise: (1 - 1/(var + 1e-7)) 2 (n - mean) / (N - 1) + 2 mean / N per image."""
     flat = noise.flatten(start_dim=1)
     count = flat.shape[1]
+    if count < 2:
+        raise ValueError(f"kl_grad needs at least 2 values per image (unbiased variance), got {count}")
     mean = flat.mean(dim=1, keepdim=True)
     var = flat.var(dim=1, keepdim=True)
     grad = (1 - 1 / (var + 1e-7)) * (2 / (count - 1)) * (flat - mean) + (2 / count) * mean
@@ -181,13 +240,23 @@ def regularize_noise(
             return draw_shifts(generator, channels, sizes)
 
     in_dtype = noise.dtype
-    sizes = pyramid_sizes(noise.shape[2])
+    sizes = pyramid_sizes(noise.shape[2], noise.shape[3])
+    # The KL step, capped for tiny images (module notes): unchanged for more than 4 lambda_kl + 1 values per image.
+    count = noise[0].numel() if noise.shape[0] else 0
+    kl_step = min(lambda_kl, (count - 1) / 4) if count >= 2 else 0.0
     # at least fp32 so that fp16 models do not lose the small gradient steps (float64 stays float64)
     eps = at_least_float32(noise.detach())
     for _ in range(num_reg_steps):
         if lambda_ac > 0:
             for _ in range(num_ac_rolls):
-                eps = eps - (lambda_ac / num_ac_rolls) * auto_corr_grad(eps, shift_sampler(eps.shape[1], sizes))
-        if lambda_kl > 0:
-            eps = eps - lambda_kl * kl_grad(eps)
+                grad, curvature = _auto_corr_grad_and_curvature(eps, shift_sampler(eps.shape[1], sizes))
+                ac_step = lambda_ac / num_ac_rolls
+                if bool((ac_step * curvature <= 1).all()):
+                    eps = eps - ac_step * grad  # the references' step (every ordinary latent)
+                else:
+                    # A map so small (or noise so large) that the references' step would overshoot and diverge: that
+                    # channel steps 1 / curvature instead (see _auto_corr_grad_and_curvature).
+                    eps = eps - torch.clamp(1 / curvature, max=ac_step) * grad
+        if kl_step > 0:
+            eps = eps - kl_step * kl_grad(eps)
     return eps.to(in_dtype)

@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .errors import ERROR_MODULE
 from .files import atomic_write
 
 ARCHITECTURE = "p2pz-resunet"
@@ -44,6 +45,7 @@ TRAIN_STATE_FORMAT = "p2pz-student-train-state"
 
 class StudentFileError(ValueError):
     """A file that is not a loadable student of this version (another model, corrupt, truncated, newer format)."""
+    __module__ = ERROR_MODULE  # a clean name in ComfyUI's error report (core/errors.py)
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -150,6 +150,22 @@ def model_patcher_for(module, dtype, load_device, offload_device):
                                             offload_device=offload_device)
 
 
+def warn_if_large(samples, model, node: str) -> None:
+    """Log a warning (ComfyUI's console) when the latent's image size will take very long on the CPU or its
+    attention alone exceeds the free memory of the device (core.cost: the estimate and how to go smaller)."""
+    import comfy.model_management as mm
+
+    from ..core.cost import size_warning
+
+    device = mm.get_torch_device()
+    dtype = model.model.get_dtype() if hasattr(model.model, "get_dtype") else torch.float32
+    text = size_warning(8 * samples.shape[2], 8 * samples.shape[3], on_cpu=device.type == "cpu",
+                        available_bytes=mm.get_free_memory(device),
+                        bytes_per_value=torch.tensor([], dtype=dtype).element_size())
+    if text:
+        logging.warning("pix2pix-zero %s: %s", node, text)
+
+
 FLOW_MODELS = "flow-matching models with ComfyUI's CONST sampling (SD 3.x, Flux, incl. ModelSamplingSD3/Flux patches)"
 
 

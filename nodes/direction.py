@@ -11,6 +11,7 @@ from ..core.direction import (
     apply_pooled_direction,
     build_direction,
     check_conditioning,
+    check_edit,
     direction_from_word_embeddings,
     encoder_fingerprint,
     load_direction,
@@ -25,6 +26,7 @@ from ..core.sentences import (
     read_sentence_file,
     sentence_file_label,
 )
+from .bundled import add_bundled_directions
 from .common import (
     CATEGORY,
     DIRECTION_TYPE,
@@ -36,6 +38,7 @@ from .common import (
 DIRECTIONS_FOLDER = "pix2pix_zero_directions"  # saved directions (.safetensors) and the authors' word files (.pt)
 SENTENCES_FOLDER = "pix2pix_zero_sentences"  # sentence files (.txt, one sentence per line)
 register_model_folder(DIRECTIONS_FOLDER, {".safetensors", ".pt"})
+add_bundled_directions(DIRECTIONS_FOLDER)  # the pack's ready-made directions, after the user's folders
 register_model_folder(SENTENCES_FOLDER, {".txt"})
 
 NONE = "(none)"
@@ -260,15 +263,28 @@ class BuildDirection:
     def build(self, clip, source, target, sentence_source, count, seed, kind="auto", source_sentences="",
               target_sentences="", source_file=NONE, target_file=NONE):
         source, target = source.strip(), target.strip()
+        if sentence_source != "file":  # file mode may leave the words blank: the files name the edit
+            for name, word, example in (("source", source, "what the image shows now, e.g. 'cat'"),
+                                        ("target", target, "what it should show instead, e.g. 'dog'")):
+                if not word:
+                    raise ValueError(f"Build Edit Direction's {name} is empty: type {example} in its {name} box")
         src = _sentences(source, sentence_source, count, seed, kind, source_sentences, source_file, "source")
         tgt = _sentences(target, sentence_source, count, seed, kind, target_sentences, target_file, "target")
         if sentence_source == "file":  # blank words: name the edit after the files ("tabby cat.txt" -> "tabby cat")
             source = source or sentence_file_label(source_file)
             target = target or sentence_file_label(target_file)
+        if src == tgt:  # before minutes of encoding: the direction would be exactly zero
+            what = {"generated": f"source and target are the same word ({source!r})",
+                    "custom": "source_sentences and target_sentences hold the same sentences",
+                    "file": f"source_file and target_file hold the same sentences ({source_file!r}, {target_file!r})"}
+            raise ValueError(f"Build Edit Direction: {what[sentence_source]}, so the direction would be all zeros and "
+                             "an edit with it would only reproduce the image: give the target something else "
+                             "(e.g. source 'cat', target 'dog')")
         encoder, fingerprint = clip_description(clip)
         encode = clip_sentence_encoder(clip)
         direction = build_direction(encode, source, target, src, tgt, batch_size=ENCODE_BATCH, encoder=encoder,
                                     fingerprint=fingerprint, family=encode.family)
+        check_edit(direction)  # e.g. 'Cat' and 'cat': CLIP lowercases, the sentences encode identically
         # the per-sentence layout is known once the encoder has run
         return (dataclasses.replace(direction, segments=encode.segments),)
 
@@ -353,7 +369,9 @@ class ImportWordEmbeddings:
         embeddings = [load_word_embedding(folder_paths.get_full_path_or_raise(DIRECTIONS_FOLDER, f))
                       for f in (source_file, target_file)]
         words = [os.path.basename(f).removesuffix(".pt") for f in (source_file, target_file)]
-        return (direction_from_word_embeddings(*embeddings, *words, origin="authors' word embeddings"),)
+        direction = direction_from_word_embeddings(*embeddings, *words, origin="authors' word embeddings")
+        check_edit(direction)  # the same file twice (source_file = target_file): a zero direction
+        return (direction,)
 
 
 class ApplyDirection:
@@ -373,11 +391,12 @@ class ApplyDirection:
             "required": {
                 "conditioning": ("CONDITIONING", {"tooltip": "Usually the caption encoded with CLIPTextEncode, with the CLIP that built the direction."}),
                 "direction": (DIRECTION_TYPE, {"tooltip": "The edit direction."}),
-                "multiplier": ("FLOAT", {"default": 1.0, "min": -10.0, "max": 10.0, "step": 0.05, "tooltip": "Edit strength: 1 as the references; 0 = no edit; the authors' demo offers 0-2; negative reverses the edit."}),
+                "multiplier": ("FLOAT", {"default": 1.0, "min": -10.0, "max": 10.0, "step": 0.05, "tooltip": "Edit strength: 1 as the references; the authors' demo offers 0-2; negative reverses the edit. 0 (no edit at all) is refused."}),
             }
         }
 
     def apply(self, conditioning, direction, multiplier):
+        check_edit(direction, multiplier, "multiplier")
         return (edit_conditioning(conditioning, direction, multiplier),)
 
 

@@ -27,13 +27,14 @@ import latent_preview
 import torch
 
 from ..core.attention import AttentionMaps, explicit_attention
+from ..core.direction import check_edit
 from ..core.inference_weights import normal_tensor_weights
 from ..core.guidance import CAPTION, EDITED, GUIDANCE_MODES, NEGATIVE, generation_sigmas, guided_edit
-from ..core.inversion import check_latent
+from ..core.inversion import INVERSION_NAN_CAUSES, check_latent
 from ..core.schedule import restore_schedule
 from ..core.sigma_space import denoised_from_eps, restate
 from .common import (CATEGORY, DIRECTION_TYPE, INVERSION_KEY, check_conditioning_batch, discrete_model_sampling,
-                     is_flow_model, log_map_loss)
+                     is_flow_model, log_map_loss, warn_if_large)
 
 COND_KEYS = {NEGATIVE: "negative", CAPTION: "positive", EDITED: "edited"}
 CFG_RANGE = (1.0, 30.0)
@@ -358,18 +359,29 @@ def _check_conditioning(conditioning, what, width, batch):
     check_conditioning_batch(conditioning, batch, f"{what} conditioning")
 
 
+def check_steps(steps, recorded):
+    """The steps widget must equal the DDIM steps the latent's record carries (from Invert Latent or Noise Latent):
+    the edit retraces exactly the inversion's levels, so another value cannot be used. An error instead of silently
+    ignoring the widget (no widget may do nothing), saying which value to set."""
+    if steps != recorded:
+        raise ValueError(
+            f"Guided Edit's steps is {steps} but the inverted_latent was made with {recorded} DDIM steps (the steps "
+            f"of the Invert Latent or Noise Latent node that made it): the edit retraces the inversion's own steps. "
+            f"Set Guided Edit's steps to {recorded}, or set that node's steps to {steps} and run it again"
+        )
+
+
 def _schedule_of(latent, model_sampling, steps):
     """(generation sigmas, level the inverted latent is at, DDIM steps). A latent carrying its inversion record
-    supplies the steps (checked against this model); a latent made otherwise uses `steps`."""
+    has its steps checked against the widget (check_steps) and its schedule against this model; a latent made
+    otherwise uses `steps`."""
     table = model_sampling.sigmas
     info = latent.get(INVERSION_KEY)
     if info is None:  # a latent inverted otherwise (e.g. stock FlipSigmas + ddim_uniform): at the first level
         sigmas = generation_sigmas(table, steps)
         return sigmas, float(sigmas[0]), steps
     schedule = restore_schedule(info, table, shape=latent["samples"].shape)
-    if steps != schedule.ddim_steps:
-        logging.info("pix2pix-zero Guided Edit: the latent carries its inversion's %d steps; the steps input (%d) "
-                     "only applies to latents without one", schedule.ddim_steps, steps)
+    check_steps(steps, schedule.ddim_steps)
     return generation_sigmas(table, schedule.ddim_steps), float(schedule.levels[-1]), schedule.ddim_steps
 
 
@@ -403,7 +415,7 @@ class GuidedEdit:
                 "model": ("MODEL", {"tooltip": "The model used for the inversion: SD 1.x, SD 2.x, SDXL, or SD 3.x / Flux (flow models, e.g. through ModelSamplingSD3 / ModelSamplingFlux and Guided Edit Options). It is not modified; LoRAs and other patches on it apply."}),
                 "positive": ("CONDITIONING", {"tooltip": "The caption of the image (CLIPTextEncode), the same conditioning used for the inversion. Flux-dev: its embedded guidance (FluxGuidance, 3.5) is what the edit runs at."}),
                 "inverted_latent": ("LATENT", {"tooltip": "The inverted_latent output of P2PZ_InvertLatent (or a latent inverted with the same steps by stock nodes)."}),
-                "steps": ("INT", {"default": 50, "min": 1, "max": 500, "tooltip": "DDIM steps, used only for a latent without pix2pix-zero's inversion record (e.g. inverted with stock nodes: set its inversion's steps). A latent from Invert Latent or Noise Latent brings its own steps and this value is ignored."}),
+                "steps": ("INT", {"default": 50, "min": 1, "max": 500, "tooltip": "DDIM steps of the edit: the same value as the Invert Latent (or Noise Latent) node's steps, which the latent records; a different value stops with an error saying which to set. For a latent inverted with stock nodes, its inversion's steps."}),
                 "cfg": ("FLOAT", {"default": 5.0, "min": CFG_RANGE[0], "max": CFG_RANGE[1], "step": 0.1, "round": 0.01, "tooltip": "Classifier-free guidance scale. 5 with the caption as negative for real images (the authors' setting); 1 turns CFG off. SD 3.x: CFG as here (4.5 is usual). Flux: ignored (it runs at the conditioning's embedded guidance, no negative pass)."}),
                 "lambda_xa": ("FLOAT", {"default": 0.1, "min": LAMBDA_RANGE[0], "max": LAMBDA_RANGE[1], "step": 0.005, "round": 0.0001, "tooltip": "Cross-attention guidance strength: 0.1 for real images, 0.15 for generated ones; v-prediction models (SD 2.x 768) need <= 0.01. 0 turns the guidance off (a plain prompt edit)."}),
                 "guidance": (list(GUIDANCE_MODES), {"default": "references", "tooltip": "references: as the authors' code and diffusers (both CFG copies guided, the negative copy carried on). paper: the paper's formulation (only the edited branch guided, the guided latent carried on). SD 3.x / Flux always carry the guided latent: ignored there."}),
@@ -411,13 +423,18 @@ class GuidedEdit:
             "optional": {
                 "negative": ("CONDITIONING", {"tooltip": "Negative prompt. Not connected: the caption itself, the authors' setting for real images (its reference pass then costs one model call per step instead of two); also on SD 3.x. Use an empty prompt for generated images. Flux: ignored (no negative pass)."}),
                 "direction": (DIRECTION_TYPE, {"tooltip": "The edit direction (e.g. cat -> dog), added to every token of the caption."}),
-                "direction_multiplier": ("FLOAT", {"default": 1.0, "min": -5.0, "max": 5.0, "step": 0.05, "tooltip": "Scales the direction (the authors' demo uses 0..2; negative values reverse the edit)."}),
+                "direction_multiplier": ("FLOAT", {"default": 1.0, "min": -5.0, "max": 5.0, "step": 0.05, "tooltip": "Scales the direction (the authors' demo uses 0..2; negative values reverse the edit). 0 (no edit at all) is refused."}),
                 "edited_positive": ("CONDITIONING", {"tooltip": "An already edited caption conditioning, used instead of a direction (same prompt length as the caption)."}),
             },
         }
 
     def edit(self, model, positive, inverted_latent, steps, cfg, lambda_xa, guidance, negative=None, direction=None,
              direction_multiplier=1.0, edited_positive=None):
+        if direction is not None:  # before any work: a zero direction (cat -> cat) or multiplier 0 edits nothing
+            check_edit(direction, direction_multiplier, "direction_multiplier")
+        samples = inverted_latent.get("samples")
+        if isinstance(samples, torch.Tensor) and samples.ndim == 4:
+            warn_if_large(samples, model, "Guided Edit")
         if is_flow_model(model):  # SD 3.x / Flux: joint-attention guidance (nodes/guided_flow.py)
             from .guided_flow import flow_guided_edit_node
             _check_range("cfg", cfg, CFG_RANGE)
@@ -430,7 +447,7 @@ class GuidedEdit:
         model_sampling, width = _check_model(model)
         samples = inverted_latent["samples"]
         check_latent(samples, channels=model.get_model_object("latent_format").latent_channels,
-                     what="inverted latent")
+                     what="inverted latent", nan_causes=INVERSION_NAN_CAUSES)
         sigmas, start_level, steps = _schedule_of(inverted_latent, model_sampling, steps)
 
         if (direction is None) == (edited_positive is None):

@@ -32,7 +32,7 @@ from ..core.attention import AttentionMaps
 from ..core.flow_guidance import flow_guided_edit
 from ..core.guidance import CAPTION, EDITED, NEGATIVE
 from ..core.inference_weights import normal_tensor_weights
-from ..core.inversion import check_latent
+from ..core.inversion import INVERSION_NAN_CAUSES, check_latent
 from ..core.joint_attention import apply_rope, explicit_joint_attention, token_slices
 from ..core.schedule import FLOW_KIND, regeneration_sigmas
 from .common import CATEGORY, INVERSION_KEY, check_conditioning_batch, flow_model_sampling, log_map_loss
@@ -342,7 +342,7 @@ def flow_guided_edit_node(model, positive, inverted_latent, steps, cfg, lambda_x
                           direction=None, direction_multiplier=1.0, edited_positive=None):
     """P2PZ_GuidedEdit's function for flow models (nodes/guided.py dispatches here)."""
     # lazy: guided.py imports this module lazily too
-    from .guided import GuidedEditGuider, _same_conditioning, run_guided_sampler
+    from .guided import GuidedEditGuider, _same_conditioning, check_steps, run_guided_sampler
 
     flow_model_sampling(model, "guided editing")
     family = family_of(model)
@@ -352,8 +352,10 @@ def flow_guided_edit_node(model, positive, inverted_latent, steps, cfg, lambda_x
     if not (0.0 <= lambda_xa <= 1.0):
         raise ValueError(f"lambda_xa must be between 0.0 and 1.0, got {lambda_xa}")
     samples = inverted_latent["samples"]
-    check_latent(samples, channels=model.get_model_object("latent_format").latent_channels, what="inverted latent")
-    sigmas, steps = _flow_sigmas(inverted_latent)
+    check_latent(samples, channels=model.get_model_object("latent_format").latent_channels, what="inverted latent",
+                 nan_causes=INVERSION_NAN_CAUSES)
+    sigmas, recorded = _flow_sigmas(inverted_latent)
+    check_steps(steps, recorded)
     if (direction is None) == (edited_positive is None):
         raise ValueError("connect either an edit direction or an edited_positive conditioning (exactly one)")
     if direction is not None:

@@ -8,10 +8,11 @@ import latent_preview
 
 from ..core import SCHEDULES, check_latent, invert_flow_latent, invert_latent, inversion_schedule
 from ..core.flow_space import flow_levels
+from ..core.inversion import MIN_LATENT, check_inverted
 from ..core.schedule import FLOW_KIND, regeneration_sigmas
 from ..core.sigma_space import denoised_from_eps, start_noise
 from .common import (CATEGORY, INVERSION_KEY, SEED_INPUT, check_conditioning_batch, discrete_model_sampling,
-                     flow_model_sampling, is_flow_model)
+                     flow_model_sampling, is_flow_model, warn_if_large)
 from .guided import with_fast_attention
 
 
@@ -110,6 +111,8 @@ class InvertLatent:
         }
 
     def invert(self, model, conditioning, latent, steps, schedule, lambda_ac, lambda_kl, reg_steps, ac_rolls, seed):
+        if isinstance(latent.get("samples"), torch.Tensor) and latent["samples"].ndim == 4:
+            warn_if_large(latent["samples"], model, "Invert Latent")
         if is_flow_model(model):
             return self._invert_flow(model, conditioning, latent, steps, schedule, seed,
                                      dict(lambda_ac=lambda_ac, lambda_kl=lambda_kl, num_reg_steps=reg_steps,
@@ -125,6 +128,7 @@ class InvertLatent:
         reg = dict(lambda_ac=lambda_ac, lambda_kl=lambda_kl, num_reg_steps=reg_steps, num_ac_rolls=ac_rolls)
         inverted = _run_inversion(model, conditioning, samples, _inversion_sampler(inv_schedule, generator, reg),
                                   inv_schedule.levels, inv_schedule.steps, seed)
+        check_inverted(inverted)
         out = latent.copy()
         out["samples"] = inverted.to(comfy.model_management.intermediate_device())
         out[INVERSION_KEY] = dict(inv_schedule.to_dict(), shape=list(samples.shape), seed=seed)
@@ -148,6 +152,7 @@ class InvertLatent:
         generator = torch.Generator(device="cpu").manual_seed(seed)
         inverted = _run_inversion(model, conditioning, samples,
                                   _flow_inversion_sampler(levels, generator, reg), levels, steps, seed)
+        check_inverted(inverted)
         out = latent.copy()
         out["samples"] = inverted.to(comfy.model_management.intermediate_device())
         out[INVERSION_KEY] = {"kind": FLOW_KIND, "scheduler": FLOW_SCHEDULER, "steps": steps,
@@ -172,8 +177,8 @@ class NoiseLatent:
         return {
             "required": {
                 "model": ("MODEL", {"tooltip": "The model that will generate and edit (for its noise schedule and latent channels)."}),
-                "width": ("INT", {"default": 512, "min": 64, "max": 8192, "step": 8, "tooltip": "Image width in pixels (512 for SD 1.x, 768 for SD 2.x-v, 1024 for SDXL)."}),
-                "height": ("INT", {"default": 512, "min": 64, "max": 8192, "step": 8, "tooltip": "Image height in pixels."}),
+                "width": ("INT", {"default": 512, "min": 8 * MIN_LATENT, "max": 8192, "step": 8, "tooltip": "Image width in pixels (512 for SD 1.x, 768 for SD 2.x-v, 1024 for SDXL)."}),
+                "height": ("INT", {"default": 512, "min": 8 * MIN_LATENT, "max": 8192, "step": 8, "tooltip": "Image height in pixels."}),
                 "batch_size": ("INT", {"default": 1, "min": 1, "max": 64, "tooltip": "Images per batch, each with its own noise."}),
                 "steps": ("INT", {"default": 50, "min": 1, "max": 500, "tooltip": "DDIM steps of the guided sampler (50 as the references)."}),
                 "seed": SEED_INPUT,

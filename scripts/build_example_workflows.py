@@ -15,11 +15,17 @@ What the frontend needs from a template (ComfyUI serves every ``example_workflow
   bottom-right corner, at a scale where LiteGraph still draws text (at least MIN_SCALE; the layouts are compact
   enough for that: rows that read left to right, the bottom-right corner left empty);
 - the template browser shows the file name as the card's title and fetches ``<name>.jpg`` next to the .json as its
-  thumbnail (drawn here from the workflow's own graph with Pillow). Cards are listed in the server's order (a
-  directory listing) or, in newer frontends, sorted by name: the numbered file names give the reading order.
+  thumbnail (drawn here from the workflow's own graph with Pillow); its description is the file name with spaces.
+  Nothing else is read from a pack (no index.json, title, description or order: example_workflows/README.md). Cards
+  come in the server's glob order (the file system's, unsorted); the numbers in the names give the reading order
+  under the browser's "A -> Z" sort;
+- ``extra.workflowRendererVersion`` is left unset ("LG"): frontend 1.32+ in Nodes 2.0 then scales the layout by 1.2
+  (Comfy.VueNodes.AutoScaleLayout) and restores ``extra.ds``, so these layouts are framed for the classic renderer
+  only (issue 29, open; tests/test_host_browser.py NODES_2_LAYOUT_FAULT).
 """
 import json
 import math
+import re
 import os
 import sys
 import uuid
@@ -36,6 +42,13 @@ REUSE_DIRECTION = "pix2pix_zero_4_edit_with_saved_direction.json"
 STUDENT = "pix2pix_zero_5_fast_student.json"
 SD35_PHOTO = "pix2pix_zero_6_sd35_edit_a_photo.json"
 FLUX_PHOTO = "pix2pix_zero_7_flux_edit_a_photo.json"
+
+# The photo the photo examples open on: the pack copies assets/cat.jpg into ComfyUI's input folder under this name when
+# it loads (nodes/bundled.py), never over a user's file.
+PHOTO = "pix2pix_zero_cat.jpg"
+# The direction example 4 opens with: shipped in directions/ (scripts/build_bundled_direction.py), listed by Load
+# Edit Direction after the user's own files.
+BUNDLED_DIRECTION = "pix2pix_zero_cat_to_dog.safetensors"
 
 SD15 = {
     "name": "v1-5-pruned-emaonly-fp16.safetensors",
@@ -137,6 +150,11 @@ class Graph:
         self.links.append([link_id, source["id"], slot, target["id"], target["inputs"].index(socket), out["type"]])
 
     def note(self, text, pos, size=(420, 160), title=None):
+        # Code spans render dark blue on the note's blue in Nodes 2.0 (frontend 1.35): file and folder names are
+        # set in bold instead, which reads in both renderers.
+        if re.search(r"`[^`]*<", text):
+            raise ValueError("a code span with '<' would become an HTML tag in bold: write NAME instead")
+        text = re.sub(r"`([^`]+)`", r"**\1**", text)
         node = {"id": len(self.nodes) + 1, "type": "MarkdownNote", "pos": list(pos), "size": list(size), "flags": {},
                 "order": len(self.nodes), "mode": 0, "inputs": [], "outputs": [], "properties": {},
                 "widgets_values": [text]}
@@ -263,7 +281,7 @@ def checkpoint(g):
 def caption_and_invert(g, ckpt):
     """LoadImage -> 512x512 -> BLIP caption -> caption conditioning; VAEEncode -> InvertLatent. Returns the nodes by
     role (placed by photo_layout)."""
-    image = g.node("LoadImage", (0, 0), {"image": "example.png"}, size=(300, 270))
+    image = g.node("LoadImage", (0, 0), {"image": PHOTO}, size=(300, 270))
     scaled = g.node("ImageScale", (0, 0), {"upscale_method": "lanczos", "width": 512, "height": 512,
                                           "crop": "center"}, size=(230, 130))
     g.link(image, 0, scaled, "image")
@@ -323,8 +341,9 @@ def photo_layout(note, ckpt, prep, direction, out):
 def real_photo(defs, classes):
     g = Graph(defs, classes)
     note = g.note("## pix2pix-zero: edit a photo (cat -> dog)\n\n1. Put the checkpoint (SD 1.5) in `models/checkpoints`.\n"
-                  "2. Load your photo (it is resized to 512 x 512).\n3. Set **source** and **target** in Build Edit "
-                  "Direction.\n\nBLIP writes the caption (downloaded into `models/blip/` on first use); the photo is "
+                  "2. Run: it opens on the pack's cat photo (`pix2pix_zero_cat.jpg`, put in ComfyUI's input folder by "
+                  "the pack). Load your own photo instead (resized to 512 x 512).\n3. Set **source** and **target** "
+                  "in Build Edit Direction.\n\nBLIP writes the caption (downloaded into `models/blip/` on first use); the photo is "
                   "inverted, and the guided sampler edits it while holding its cross-attention maps to the "
                   "reconstruction's, so the structure stays.", (0, 0), size=(300, 260),
                   title="Start here: edit a photo")
@@ -383,13 +402,15 @@ def direction_build_and_save(defs, classes):
 
 def direction_reuse(defs, classes):
     g = Graph(defs, classes)
-    note = g.note("## Edit a photo with a saved direction\n\nLoad Edit Direction lists "
-           f"`models/pix2pix_zero_directions/*.safetensors` (save one with {BUILD_DIRECTION}). The "
-           "direction must come from the same text encoder as the checkpoint.", (0, 0), size=(300, 250),
+    note = g.note("## Edit a photo with a saved direction\n\nRuns as it is: the pack ships "
+           f"`{BUNDLED_DIRECTION}` (cat -> dog from the authors' SD 1.4 word embeddings; SD 1.4 and 1.5 share "
+           "the text encoder). Load Edit Direction also lists your own, saved in "
+           f"`models/pix2pix_zero_directions/` ({BUILD_DIRECTION}); a direction must come from the same text "
+           "encoder as the checkpoint.", (0, 0), size=(300, 250),
            title="Edit with a saved direction")
     ckpt = checkpoint(g)
     prep = caption_and_invert(g, ckpt)
-    direction = g.node("P2PZ_LoadDirection", (0, 0), {"direction_name": "cat_to_dog.safetensors"},
+    direction = g.node("P2PZ_LoadDirection", (0, 0), {"direction_name": BUNDLED_DIRECTION},
                        size=(270, 60))
     out = edit_and_save(g, ckpt, prep["caption"], prep["invert"], direction, prefix="saved_direction_edit")
     photo_layout(note, ckpt, prep, direction, out)
@@ -399,7 +420,7 @@ def direction_reuse(defs, classes):
 def student_apply(defs, classes):
     """A trained student applied to a photo: LoadImage -> Load Student -> Apply Student -> SaveImage."""
     g = Graph(defs, classes)
-    image = g.node("LoadImage", (0, 0), {"image": "example.png"}, size=(300, 290))
+    image = g.node("LoadImage", (0, 0), {"image": PHOTO}, size=(300, 290))
     student = g.node("P2PZ_LoadStudent", (0, 0), {"student_name": "cat_to_dog-step005000.safetensors"},
                      size=(300, 82))
     apply = g.node("P2PZ_ApplyStudent", (0, 0), size=(290, 50))
@@ -410,10 +431,10 @@ def student_apply(defs, classes):
     note = g.note("### pix2pix-zero fast student\n\nA student applies ONE edit (e.g. cat -> dog) in a single forward pass: "
            "milliseconds on a GPU, about 0.1 s at 512 px on a CPU, instead of a diffusion edit per image.\n\n"
            "1. **Collect**: add *Save Pairs for a Student* after the pix2pix-zero editor (original + edited image); "
-           "pairs go to `output/pix2pix_zero_pairs/<dataset>/`. A few hundred to thousands of pairs per edit.\n"
+           "pairs go to `output/pix2pix_zero_pairs/DATASET/`. A few hundred to thousands of pairs per edit.\n"
            "2. **Train**: `python custom_nodes/comfyui-pix2pix-zero/train_student.py "
            "output/pix2pix_zero_pairs/cat_to_dog --output models/pix2pix_zero_students` (or the *Train Student* "
-           "node).\n3. **Load + apply**: pick the last checkpoint (`<name>-stepNNNNNN.safetensors`) below and "
+           "node).\n3. **Load + apply**: pick the last checkpoint (`NAME-stepNNNNNN.safetensors`) below and "
            "queue.\n\nAny image size works (padded to a multiple of 16 and cropped back).", (0, 0),
            size=(400, 420), title="How to get a student")
     columns(0, 0, [[note], [student, image], [apply], [save]])
@@ -424,7 +445,7 @@ def mmdit_photo(g, model, clip, vae, caption_then=None, size=1024):
     """The photo chain of the MMDiT examples: LoadImage -> 1024 x 1024 -> BLIP caption -> caption conditioning (then
     ``caption_then``, e.g. FluxGuidance); VAEEncode -> InvertLatent (28 steps); the cat -> dog direction from the same
     CLIP. ``model``, ``clip``, ``vae``: (node, output slot)."""
-    image = g.node("LoadImage", (0, 0), {"image": "example.png"}, size=(250, 250))
+    image = g.node("LoadImage", (0, 0), {"image": PHOTO}, size=(250, 250))
     scaled = g.node("ImageScale", (0, 0), {"upscale_method": "lanczos", "width": size, "height": size,
                                           "crop": "center"}, size=(230, 130))
     g.link(image, 0, scaled, "image")

@@ -2,8 +2,8 @@
 
 The frontend's template browser fetches ``/api/workflow_templates/<pack>/<name>.jpg`` for the card of
 ``<name>.json``. The picture: the workflow's nodes (boxes coloured by kind, the pack's own nodes highlighted) and
-links, a caption, and, where the workflow edits a photo, the authors' cat photo (MIT licensed, pix2pix-zero's
-test_images/cat_1.png) with the edit it asks for. No model runs: the images are about what the workflow does.
+links, a caption, and, where the workflow edits a photo, the photo it opens on (the pack's assets/cat.jpg, the
+authors' MIT-licensed test_images/cat_1.png) with the edit it asks for. No model runs: the images are about what the workflow does.
 """
 import os
 
@@ -22,13 +22,10 @@ JPEG_QUALITY = 82
 PHOTO_WORKFLOW_NODES = ("LoadImage",)
 
 
-def official_photo():
-    """The authors' cat photo: $P2PZ_OFFICIAL_DATA/test_images/cat_1.png, or the shared data folder next to the
-    repository (as the tests' official_data.py); None where it is absent (the thumbnail then has no photo)."""
-    root = os.environ.get("P2PZ_OFFICIAL_DATA") or os.path.join(
-        os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data", "pix2pix-zero-official")
-    path = os.path.join(root, "test_images", "cat_1.png")
-    return path if os.path.isfile(path) else None
+def pack_photo():
+    """The photo the photo examples open on: the pack's assets/cat.jpg (the authors' cat_1.png, MIT), which the pack
+    copies into ComfyUI's input folder as pix2pix_zero_cat.jpg (nodes/bundled.py)."""
+    return os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "assets", "cat.jpg")
 
 
 def _font(size):
@@ -70,7 +67,7 @@ def draw_thumbnail(workflow, headline, path):
     draw = ImageDraw.Draw(image)
     _graph(draw, workflow)
     text_left = 16
-    photo = official_photo() if any(n["type"] in PHOTO_WORKFLOW_NODES for n in workflow["nodes"]) else None
+    photo = pack_photo() if any(n["type"] in PHOTO_WORKFLOW_NODES for n in workflow["nodes"]) else None
     if photo:
         cat = Image.open(photo).convert("RGB")
         side = min(cat.size)

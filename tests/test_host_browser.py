@@ -8,8 +8,14 @@ used), tiny models under the example's own file names.
   no node under the minimap;
 - the template browser lists every one of the pack's templates, each card's thumbnail loads, and each card opens its
   workflow without complaint;
-- the photo example, shrunk in the page (64 px, 4 steps, 8 sentences), is queued with the Run path
-  (`app.queuePrompt`) and finishes with `execution_success`, its image in /history.
+- in both renderers (classic, and "Modern Node Design (Nodes 2.0)" where the frontend offers it, 1.32+): every
+  example opens without complaint; in Nodes 2.0 the DOM boxes ([data-node-id]) must be framed (inside the window,
+  headers visible, clear of the minimap, no two overlapping): a known fault for now (NODES_2_LAYOUT_FAULT, strict
+  xfail);
+- the photo example opens on the pack's photo (copied into the input folder when the pack loads), is shrunk in the
+  page (64 px, 4 steps, 8 sentences), queued with the Run path (`app.queuePrompt`) in both renderers and finishes
+  with `execution_success`; its saved image is the edit of that photo (the same prompt replayed on a copy of the
+  photo gives the same pixels, on another photo different ones).
 
 Screenshots go to <test cache>/screenshots/<ComfyUI version>/ (see conftest.host_cache_dir) for people to look at.
 Skips, saying why, where /usr/bin/chromium or the playwright package is missing.
@@ -17,7 +23,6 @@ Skips, saying why, where /usr/bin/chromium or the playwright package is missing.
 import glob
 import json
 import os
-import shutil
 import urllib.request
 
 import pytest
@@ -37,6 +42,9 @@ EXAMPLES_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__fi
 WORKFLOWS = sorted(glob.glob(os.path.join(EXAMPLES_DIR, "*.json")))
 NAMES = [os.path.basename(p).removesuffix(".json") for p in WORKFLOWS]
 PHOTO_EXAMPLE = "pix2pix_zero_1_edit_a_photo"
+PACK_PHOTO = "pix2pix_zero_cat.jpg"  # what the pack copies into the input folder (nodes/bundled.py)
+PACK_PHOTO_SOURCE = os.path.join(os.path.dirname(EXAMPLES_DIR), "assets", "cat.jpg")
+OTHER_PHOTO = "dog_1.png"
 SD15_NAME = "v1-5-pruned-emaonly-fp16.safetensors"
 BLIP_NAME = "blip-image-captioning-base"
 # Anything of these on screen after opening a workflow is a complaint the user has to read: PrimeVue dialogs
@@ -87,9 +95,10 @@ def base_dir(comfy, tiny_checkpoint_name, tmp_path_factory):
                     target.parent.mkdir(parents=True, exist_ok=True)
                     if not target.exists():
                         target.write_bytes(b"")
+    # The input folder starts as a user's might: no pix2pix_zero_cat.jpg (the pack puts it there when it loads), and
+    # another photo for the control run that shows the edit depends on which photo it reads.
     (base / "input").mkdir()
-    copy_photo("cat_1.png", str(base / "input"))
-    shutil.copy(base / "input" / "cat_1.png", base / "input" / "example.png")
+    copy_photo(OTHER_PHOTO, str(base / "input"))
     return base
 
 
@@ -226,7 +235,86 @@ def _open_file(browser, path):
     return browser.alerts[before:]
 
 
-def _check_open_workflow(browser, path, where):
+NODES_2_FROM = (1, 32)  # "Modern Node Design (Nodes 2.0)" is offered from frontend 1.32 (1.27 has a hidden experiment)
+RENDERERS = ["classic", "nodes2"]
+# Known fault (issue 29, open): the examples are laid out for the classic renderer. Frontend 1.35 opens a workflow
+# without extra.workflowRendererVersion "Vue" in Nodes 2.0 through ensureCorrectLayoutScale (setting
+# Comfy.VueNodes.AutoScaleLayout, on by default): positions and sizes x 1.2 (heights + the title), then restores the
+# file's extra.ds, so the layout shows 1.2 x larger than framed, and Vue nodes grow to their content (Load Image 516
+# graph units high where 354 were left). The framing check below records that until the layouts are redone.
+NODES_2_LAYOUT_FAULT = pytest.mark.xfail(strict=True, reason="examples not yet laid out for Nodes 2.0's 1.2 x "
+                                         "auto-scaled layout (issue 29)")
+
+
+def _frontend_version(page):
+    text = page.evaluate("() => window.__COMFYUI_FRONTEND_VERSION__ || ''")
+    return tuple(int(p) for p in text.split(".")[:2]) if text else (0, 0)
+
+
+def _use_renderer(browser, renderer):
+    """Switch the setting a user switches (Comfy.VueNodes.Enabled); skip Nodes 2.0 where the frontend lacks it."""
+    page = browser.page
+    if renderer == "nodes2" and _frontend_version(page) < NODES_2_FROM:
+        pytest.skip(f"Nodes 2.0 is offered from frontend {NODES_2_FROM}; this is {_frontend_version(page)}")
+    page.evaluate("async (on) => await app.extensionManager.setting.set('Comfy.VueNodes.Enabled', on)",
+                  renderer == "nodes2")
+    page.wait_for_timeout(300)
+
+
+def _dom_report(page):
+    """Nodes 2.0: every node's DOM box (CSS pixels), whether its header is what the user sees at the header's middle,
+    and the minimap's box."""
+    return page.evaluate("""() => {
+        const nodes = [...document.querySelectorAll('[data-node-id]')]
+            .filter(e => !e.parentElement.closest('[data-node-id]'));
+        const minimap = [...document.querySelectorAll('.minimap-main-container, .litegraph-minimap')]
+            .map(e => e.getBoundingClientRect()).find(r => r.width > 0 && r.height > 0);
+        return {scale: app.canvas.ds.scale,
+                minimap: minimap ? [minimap.left, minimap.top, minimap.right, minimap.bottom] : null,
+                window: [window.innerWidth, window.innerHeight],
+                nodes: nodes.map(e => {
+                    const r = e.getBoundingClientRect(), id = e.getAttribute('data-node-id');
+                    const node = app.graph.getNodeById(Number(id)) ?? app.graph.getNodeById(id);
+                    const hit = document.elementFromPoint((r.left + r.right) / 2, r.top + 12);
+                    return {id, type: node?.type, title: node?.title, rect: [r.left, r.top, r.right, r.bottom],
+                            size: node ? [node.size[0], node.size[1]] : null,
+                            header_visible: !!hit && e.contains(hit),
+                            covered_by: hit && !e.contains(hit) ? `${hit.tagName}.${String(hit.className).slice(0, 60)}` : null};
+                })};
+    }""")
+
+
+def _overlaps(a, b):
+    return a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]
+
+
+def _check_framed_nodes2(browser, path, where, screenshot):
+    """Every node's DOM box inside the window, its header not covered, none under the minimap, no two overlapping.
+    Boxes are compared exactly: the layouts leave GAP_X / GAP_Y (>= 20 graph units, >= 13 CSS px at the smallest
+    scale the examples open at) between nodes, so touching or overlapping boxes are a layout fault, not rounding."""
+    with open(path, encoding="utf-8") as f:
+        expected = json.load(f)
+    report = _dom_report(browser.page)
+    with open(os.path.join(os.path.dirname(screenshot), "nodes2_boxes_" + os.path.basename(path)), "w") as f:
+        json.dump(report, f, indent=1)  # the measured boxes, for whoever lays the examples out
+    browser.page.screenshot(path=screenshot)
+    nodes = report["nodes"]
+    assert sorted(str(n["id"]) for n in nodes) == sorted(str(n["id"]) for n in expected["nodes"]), \
+        f"{where}: the DOM nodes {[n['id'] for n in nodes]} are not the workflow's"
+    w, h = report["window"]
+    problems = [f"{n['title']} at {[round(v) for v in n['rect']]} is outside the {w} x {h} window" for n in nodes
+                if n["rect"][0] < 0 or n["rect"][1] < 0 or n["rect"][2] > w or n["rect"][3] > h]
+    problems += [f"{n['title']}: header under {n['covered_by']}" for n in nodes if not n["header_visible"]]
+    if report["minimap"]:
+        problems += [f"{n['title']} under the minimap" for n in nodes if _overlaps(n["rect"], report["minimap"])]
+    problems += [f"{a['title']} overlaps {b['title']}" for i, a in enumerate(nodes) for b in nodes[i + 1:]
+                 if _overlaps(a["rect"], b["rect"])]
+    assert not problems, f"{where} in Nodes 2.0 (screenshot {screenshot}): {problems}"
+
+
+def _check_open_workflow(browser, path, where, renderer="classic"):
+    """No complaint, every node registered and loaded; in the classic renderer also the canvas geometry (Nodes 2.0:
+    _check_framed_nodes2 measures the DOM boxes instead)."""
     with open(path, encoding="utf-8") as f:
         expected = json.load(f)
     complaints = browser.complaints()
@@ -236,6 +324,8 @@ def _check_open_workflow(browser, path, where):
     assert sorted(n["type"] for n in nodes) == sorted(n["type"] for n in expected["nodes"]), f"{where}: not loaded"
     bad = [n for n in nodes if not n["registered"] or n["has_errors"]]
     assert not bad, f"{where}: nodes of unregistered types or with load errors: {bad}"
+    if renderer != "classic":
+        return
     hidden = [f"{n['title']} at {n['rect']}" + (f" under {n['covered_by']}" if n["covered_by"] else "")
               for n in nodes if not (n["inside"] and n["title_visible"])]
     if hidden:
@@ -255,11 +345,20 @@ def _check_open_workflow(browser, path, where):
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=NAMES)
-def test_example_opens_cleanly_by_drag_and_drop(browser, screenshots, path):
+@pytest.mark.parametrize("renderer", ["classic", pytest.param("nodes2", marks=NODES_2_LAYOUT_FAULT)])
+def test_example_opens_cleanly_by_drag_and_drop(browser, screenshots, renderer, path):
+    _use_renderer(browser, renderer)
     alerts = _open_file(browser, path)
     assert alerts == [], f"opening {os.path.basename(path)} raised {alerts}"
-    _check_open_workflow(browser, path, os.path.basename(path))
-    browser.page.screenshot(path=os.path.join(screenshots, "open_" + os.path.basename(path)[:-5] + ".png"))
+    _check_open_workflow(browser, path, os.path.basename(path), renderer)
+    shot = os.path.join(screenshots, f"open_{renderer}_" + os.path.basename(path)[:-5] + ".png")
+    if renderer == "nodes2":
+        browser.page.wait_for_function("(n) => document.querySelectorAll('[data-node-id]').length >= n",
+                                       arg=len(json.load(open(path, encoding="utf-8"))["nodes"]), timeout=30_000)
+        browser.page.wait_for_timeout(500)  # images and widgets settle their heights
+        _check_framed_nodes2(browser, path, os.path.basename(path), shot)
+    else:
+        browser.page.screenshot(path=shot)
 
 
 def _open_template_browser(page):
@@ -274,6 +373,7 @@ def _open_template_browser(page):
 
 def test_template_browser_shows_every_example_with_its_thumbnail(browser, server, screenshots):
     page = browser.page
+    _use_renderer(browser, "classic")
     listed = server.get("/workflow_templates").get(PACK_NAME)
     assert sorted(listed or []) == NAMES, f"/workflow_templates lists {listed}"
     dialog = _open_template_browser(page)
@@ -306,15 +406,45 @@ def test_template_browser_shows_every_example_with_its_thumbnail(browser, server
     page.screenshot(path=os.path.join(screenshots, "template_opened_last.png"))
 
 
-def test_photo_example_runs_from_the_frontend(browser, server, screenshots):
-    """The photo example as the user would run it on a small machine: widgets changed in the page, queued with the
-    Run button's code path, the edited image back."""
+# Same photo, same prompt, same machine: the pipeline is deterministic up to float reductions whose order may vary
+# with threads (relative error ~1e-6), which can flip an 8-bit rounding by at most one level per pixel.
+SAME_PHOTO_MAX_LEVELS = 1
+
+
+def _pixels(png):
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.int16)
+
+
+def _run_api(server, prompt):
+    entry = server.wait_history(server.post_prompt(prompt), timeout=300)
+    saved = [img for out in entry["outputs"].values() for img in out.get("images", []) if img["type"] == "output"]
+    assert saved, entry["outputs"]
+    return _pixels(server.view(saved[0]))
+
+
+@pytest.mark.parametrize("renderer", RENDERERS)
+def test_photo_example_runs_from_the_frontend(browser, server, base_dir, screenshots, renderer):
+    """The photo example as the user would run it on a small machine: it opens on the pack's cat photo (put in the
+    input folder by the pack), widgets changed in the page, queued with the Run button's code path; the saved image
+    is the edit of that photo: the same prompt replayed on a copy of the photo under another name gives the same
+    pixels, on another photo different ones (the tiny test models have random weights, so the edit cannot be judged
+    by its looks; which photo it came from can)."""
+    _use_renderer(browser, renderer)
     page = browser.page
     path = os.path.join(EXAMPLES_DIR, PHOTO_EXAMPLE + ".json")
+    installed = base_dir / "input" / PACK_PHOTO
+    with open(PACK_PHOTO_SOURCE, "rb") as f:
+        assert installed.read_bytes() == f.read(), f"the pack did not put its photo at {installed}"
     assert _open_file(browser, path) == []
-    _check_open_workflow(browser, path, PHOTO_EXAMPLE)
+    _check_open_workflow(browser, path, PHOTO_EXAMPLE, renderer)
     shrink = [["ImageScale", "width", 64], ["ImageScale", "height", 64], ["P2PZ_InvertLatent", "steps", 4],
-              ["P2PZ_GuidedEdit", "steps", 4], ["P2PZ_BuildDirection", "count", 8]]
+              ["P2PZ_GuidedEdit", "steps", 4], ["P2PZ_BuildDirection", "count", 8],
+              ["SaveImage", "filename_prefix", f"pix2pix-zero/browser_{renderer}"]]
     page.evaluate("""(shrink) => {
         for (const [type, name, value] of shrink) {
             const nodes = (app.graph.nodes ?? app.graph._nodes).filter(n => n.type === type);
@@ -342,11 +472,33 @@ def test_photo_example_runs_from_the_frontend(browser, server, screenshots):
     assert {prompt[i]["class_type"]: prompt[i]["inputs"].get("steps") for i in prompt
             if prompt[i]["class_type"].startswith("P2PZ_") and "steps" in prompt[i]["inputs"]} == {
         "P2PZ_InvertLatent": 4, "P2PZ_GuidedEdit": 4}, "the page's widget changes did not reach the prompt"
+    loads = [i for i in prompt if prompt[i]["class_type"] == "LoadImage"]
+    assert [prompt[i]["inputs"]["image"] for i in loads] == [PACK_PHOTO], "the example does not open on the pack's photo"
     saved = [img for out in entry["outputs"].values() for img in out.get("images", []) if img["type"] == "output"]
     assert saved and server.view(saved[0])[:8] == b"\x89PNG\r\n\x1a\n", entry["outputs"]
+    edit = _pixels(server.view(saved[0]))
+
+    # Which photo the saved image is the edit of: replay the prompt on a copy of the pack's photo (another name, so
+    # nothing comes from the cache) and on another photo.
+    copy = f"copy_{renderer}_{PACK_PHOTO}"
+    (base_dir / "input" / copy).write_bytes(installed.read_bytes())
+    replay = json.loads(json.dumps(prompt))
+    replay[loads[0]]["inputs"]["image"] = copy
+    same = _run_api(server, replay)
+    replay[loads[0]]["inputs"]["image"] = OTHER_PHOTO
+    other = _run_api(server, replay)
+    assert same.shape == edit.shape == other.shape
+    same_diff = int(abs(same - edit).max())
+    other_diff = float(abs(other - edit).mean())
+    assert same_diff <= SAME_PHOTO_MAX_LEVELS, \
+        f"the saved image is not the edit of {PACK_PHOTO}: replayed on the same photo it differs by {same_diff} levels"
+    assert other_diff > SAME_PHOTO_MAX_LEVELS, \
+        f"the edit does not depend on the photo: {OTHER_PHOTO} gives the same image (mean difference {other_diff:.2f})"
+
     page.wait_for_timeout(1000)  # the Save Image node shows the result
     assert browser.complaints() == [], browser.complaints()
-    page.screenshot(path=os.path.join(screenshots, "photo_example_after_run.png"))
+    shot = os.path.join(screenshots, f"photo_example_after_run_{renderer}.png")
+    page.screenshot(path=shot)  # (Nodes 2.0 framing: see NODES_2_LAYOUT_FAULT)
 
 
 def test_no_page_errors(browser):

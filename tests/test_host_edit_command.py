@@ -96,9 +96,9 @@ def test_edit_command_writes_the_edited_image_in_the_format_asked(setup):
 
 def test_no_arguments_edits_the_bundled_photo_into_comfyuis_output(setup):
     """`python edit_image.py` (here with small settings) on a machine with the example's models: the bundled cat
-    photo becomes a dog in <output>/pix2pix_zero/cat_to_dog_NNNNN.png, next to what is there, never over it."""
+    photo becomes a dog in <output>/pix2pix-zero/cat_to_dog_NNNNN.png (the folder the example workflows save to), next to what is there, never over it."""
     base, work = setup
-    out = base / "output" / "pix2pix_zero"
+    out = base / "output" / "pix2pix-zero"
     out.mkdir(parents=True)
     (out / "cat_to_dog_00001.png").write_bytes(b"an earlier result")
     before = sorted(os.listdir(work))
@@ -118,8 +118,9 @@ def test_no_arguments_edits_the_bundled_photo_into_comfyuis_output(setup):
 @pytest.mark.parametrize("args, message", [
     (["--steps", "0"], "--steps 0: give 1 to 500"),
     (["--sentences", "0"], "--sentences 0: give 1 to 10000"),
-    (["--size", "0"], "--size 0: give a multiple of 8 from 64"),
-    (["--size", "60"], "--size 60: give a multiple of 8 from 64"),
+    (["--size", "0"], "--size 0: give a multiple of 8 from 16"),
+    (["--size", "8"], "--size 8: give a multiple of 8 from 16"),
+    (["--size", "60"], "(e.g. 56 or 64)"),
     (["--size", "100"], "(e.g. 96 or 104)"),
     (["--output", "dog.gif"], "must end in one of .png, .jpg, .jpeg, .webp"),
     (["--source", " "], "--source is empty"),

@@ -118,20 +118,19 @@ def test_layouts_guidance_lowers_the_map_loss(comfy, pack_nodes, runs, layout):
 
 @pytest.mark.parametrize("layout", ["sd15", "sdxl"])
 def test_zero_direction_without_guidance_gives_the_reconstruction(comfy, pack_nodes, layout):
-    """lambda_xa 0 and a zero direction: the edit equals the reconstruction. Both are the same model on the same
-    inputs, batched differently and with attn2 explicit in the reference pass but ComfyUI's attention in the edit's
-    pass: float32 rounding over 6 steps, bounded by the run's own amplification of a nudge (tolerances.py, rule 4)."""
-    direction_module = _module(comfy, "core.direction")
+    """lambda_xa 0 and the caption itself as the edited caption (what a zero direction gives; the node refuses a
+    zero direction input, tests/test_host_newcomer.py): the edit equals the reconstruction. Both are the same model
+    on the same inputs, batched differently and with attn2 explicit in the reference pass but ComfyUI's attention in
+    the edit's pass: float32 rounding over 6 steps, bounded by the run's own amplification of a nudge
+    (tests/tolerances.py, rule 4)."""
     model, width, pooled = _tiny_model(comfy, layout)
     caption = _conditioning(width, pooled, seed=4)
     inverted = _invert(comfy, model, caption, _latent(seed=5), steps=6)
-    zero = direction_module.EditDirection(embedding=torch.zeros(1, 77, width),
-                                          pooled=None if pooled is None else torch.zeros(1, pooled))
-    edit, reconstruction = _edit(comfy, model, caption, inverted, 6, lambda_xa=0.0, direction=zero)
+    edit, reconstruction = _edit(comfy, model, caption, inverted, 6, lambda_xa=0.0, edited_positive=caption)
 
     def reconstruct(samples):
-        return _edit(comfy, model, caption, dict(inverted, samples=samples), 6, lambda_xa=0.0, direction=zero)[1][
-            "samples"]
+        return _edit(comfy, model, caption, dict(inverted, samples=samples), 6, lambda_xa=0.0,
+                     edited_positive=caption)[1]["samples"]
 
     tol = rounding_atol(reconstruct, inverted["samples"], reconstruction["samples"], evaluations=2 * 6)  # 2 passes
     torch.testing.assert_close(edit["samples"], reconstruction["samples"], rtol=0, atol=tol)
@@ -311,15 +310,15 @@ def test_interruption_stops_cleanly_and_the_next_run_works(comfy, tiny_sd15_obje
 
 
 def test_authors_schedule_latent_is_edited_with_its_own_steps(comfy, tiny_sd15_objects, pack_nodes, runs):
-    """An 'authors' inversion of 5 DDIM steps records 3 UNet calls; the edit retraces the 5 DDIM levels whatever
-    the steps widget says (the old equality check refused every such latent)."""
+    """An 'authors' inversion of 5 DDIM steps records 3 UNet calls; the edit with steps 5 retraces the 5 DDIM levels
+    (an old equality check compared the widget with the 3 calls and refused every such latent)."""
     results, _ = runs
     model, clip, _ = tiny_sd15_objects
     caption = comfy.call_node("CLIPTextEncode", clip=clip, text="a cat")[0]
     edited = comfy.call_node("CLIPTextEncode", clip=clip, text="a dog")[0]
     inverted = _invert(comfy, model, caption, _latent(seed=16), steps=5, schedule="authors")
     assert inverted["p2pz_inversion"]["steps"] == 3
-    edit, reconstruction = _edit(comfy, model, caption, inverted, 50, edited_positive=edited)
+    edit, reconstruction = _edit(comfy, model, caption, inverted, 5, edited_positive=edited)
     assert len(results[-1]) == 5
     assert torch.isfinite(edit["samples"]).all() and torch.isfinite(reconstruction["samples"]).all()
 
@@ -331,12 +330,13 @@ def test_bad_inputs_get_clear_errors(comfy, tiny_sd15_objects, pack_nodes):
     edited = comfy.call_node("CLIPTextEncode", clip=clip, text="a dog")[0]
     inverted = _invert(comfy, model, caption, _latent(seed=14), steps=4)
     ok = {"edited_positive": edited}
-    wide = direction_module.EditDirection(embedding=torch.zeros(1, 77, 768), source="cat", target="dog")
+    wide = direction_module.EditDirection(embedding=torch.ones(1, 77, 768), source="cat", target="dog")
     with pytest.raises(ValueError, match="768 wide but this model's cross-attention expects 32"):
         _edit(comfy, model, caption, inverted, 4, direction=wide)
-    # The latent's inversion record supplies the steps: the steps widget (10 here) applies only to other latents.
-    assert torch.equal(_edit(comfy, model, caption, inverted, 10, **ok)[0]["samples"],
-                       _edit(comfy, model, caption, inverted, 4, **ok)[0]["samples"])
+    # The steps widget must match the latent's inversion record: no widget is silently ignored.
+    with pytest.raises(ValueError, match="Guided Edit's steps is 10 but the inverted_latent was made with 4 DDIM "
+                                         "steps.*Set Guided Edit's steps to 4"):
+        _edit(comfy, model, caption, inverted, 10, **ok)
     damaged = dict(inverted, p2pz_inversion=dict(inverted["p2pz_inversion"], levels=None))
     with pytest.raises(ValueError, match="inversion record is damaged"):
         _edit(comfy, model, caption, damaged, 4, **ok)
@@ -358,7 +358,7 @@ def test_bad_inputs_get_clear_errors(comfy, tiny_sd15_objects, pack_nodes):
         _edit(comfy, model, caption, inverted, 4)
     with pytest.raises(ValueError, match="exactly one"):
         _edit(comfy, model, caption, inverted, 4, edited_positive=edited,
-              direction=direction_module.EditDirection(embedding=torch.zeros(1, 77, 32)))
+              direction=direction_module.EditDirection(embedding=torch.ones(1, 77, 32)))
     with pytest.raises(ValueError, match="has 2 entries"):
         _edit(comfy, model, caption + edited, inverted, 4, **ok)
     long = [[torch.cat([edited[0][0]] * 2, dim=1), {}]]

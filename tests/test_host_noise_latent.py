@@ -68,11 +68,10 @@ def test_guided_reconstruction_from_noise_is_stock_ksampler(comfy, layout):
     prompt, negative, cfg, ddim + ddim_uniform, denoise 1). Besides the start (see the test above, ~0.5 %), the
     references' last step goes to alpha_bar[0]'s level (sigma 0.029) instead of 0 and decodes x_t = x / 1.0004:
     0.029 times the last CFG noise prediction, a fraction of a percent of the latent for a random network at cfg 5.
-    Measured 0.75 % in total on both layouts: 2 % bounds it; the wrong latent units measured 94 % / 96 %. The steps
-    input is deliberately wrong (50): the latent's own schedule must win."""
+    Measured 0.75 % in total on both layouts: 2 % bounds it; the wrong latent units measured 94 % / 96 %."""
     model, positive, negative, noise, stock = _setup(comfy, layout)
     edited, reconstruction = comfy.call_node(
-        "P2PZ_GuidedEdit", model=model, positive=positive, negative=negative, inverted_latent=noise, steps=50,
+        "P2PZ_GuidedEdit", model=model, positive=positive, negative=negative, inverted_latent=noise, steps=STEPS,
         cfg=CFG, lambda_xa=0.0, guidance="references", edited_positive=positive)
     assert _relative(reconstruction["samples"], stock["samples"]) < 0.02
     # Same math, other batching of the model calls: float32 rounding only, bounded by the run's own amplification of

@@ -4,12 +4,10 @@ tiny models in a temporary models folder; /object_info, then every example workf
 import glob
 import json
 import os
-import shutil
 
 import pytest
 
 from scripts.comfy_host import comfy_server
-from official_data import copy_photo
 from scripts.workflow_api import check_widget_values, ui_to_api, widget_values
 
 pytestmark = pytest.mark.host
@@ -19,6 +17,8 @@ WORKFLOWS = sorted(glob.glob(os.path.join(os.path.dirname(__file__), "..", "exam
 FAST = {"steps": 3, "count": 12, "width": 64, "height": 64, "max_steps": 4}
 TINY_BLIP = "tiny-blip"
 TINY_STUDENT = "tiny_student.safetensors"
+BUNDLED_DIRECTION = "pix2pix_zero_cat_to_dog.safetensors"  # the pack's directions/, named by the reuse example
+PACK_PHOTO = "pix2pix_zero_cat.jpg"  # the pack copies assets/cat.jpg into the input folder under this name
 # The SD 3.5 / Flux examples: no tiny SD3/Flux checkpoint, text encoder or Flux VAE FILE exists here (the MMDiT tests
 # build their tiny models in memory), so these are checked up to the server's own validation of their API form
 # (/prompt accepts them, with empty stand-in files under the names they download) and their run stops at the first
@@ -61,10 +61,10 @@ def base_dir(comfy, pack_nodes, tiny_checkpoint_name, tmp_path_factory):
     source = folder_paths.get_full_path("checkpoints", tiny_checkpoint_name)
     os.symlink(source, models / "checkpoints" / tiny_checkpoint_name)
     save_tiny_blip(str(models / "blip" / TINY_BLIP))
-    (base / "input").mkdir()
-    copy_photo("cat_1.png", str(base / "input"))
-    shutil.copy(base / "input" / "cat_1.png", base / "input" / "example.png")
-    _write_direction(comfy, tiny_checkpoint_name, models / "pix2pix_zero_directions" / "cat_to_dog.safetensors")
+    (base / "input").mkdir()  # empty: the pack puts the photo the examples name there when it loads
+    # The reuse example loads the pack's bundled direction (SD 1.5 width); a user's file of the same name comes first
+    # in the folder list, so the tiny checkpoint's own direction stands in for it here.
+    _write_direction(comfy, tiny_checkpoint_name, models / "pix2pix_zero_directions" / BUNDLED_DIRECTION)
     students = models / "pix2pix_zero_students"
     students.mkdir()
     _write_tiny_student(students / TINY_STUDENT)
@@ -108,6 +108,16 @@ def test_object_info_lists_every_node_with_description_and_tooltips(server, pack
                 options = spec[1] if len(spec) > 1 else {}
                 assert options.get("tooltip"), f"{name}.{input_name}: no tooltip"
         assert len(d.get("output_tooltips") or []) == len(d["output"]), f"{name}: output tooltips"
+
+
+def test_the_pack_brings_the_examples_photo_and_direction(server, base_dir):
+    """Loading the pack put its cat photo into the (empty) input folder, and Load Edit Direction lists the bundled
+    direction, so the examples name files that exist on a fresh install."""
+    with open(os.path.join(os.path.dirname(__file__), "..", "assets", "cat.jpg"), "rb") as f:
+        assert (base_dir / "input" / PACK_PHOTO).read_bytes() == f.read()
+    info = server.get("/object_info")
+    assert PACK_PHOTO in info["LoadImage"]["input"]["required"]["image"][0]
+    assert BUNDLED_DIRECTION in info["P2PZ_LoadDirection"]["input"]["required"]["direction_name"][0]
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=[os.path.basename(p) for p in WORKFLOWS])

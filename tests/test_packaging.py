@@ -44,3 +44,18 @@ def test_node_ids_are_prefixed():
                 if isinstance(node.value, ast.Dict):
                     ids += [k.value for k in node.value.keys]
     assert ids and all(i.startswith("P2PZ_") for i in ids), ids
+
+
+def test_command_line_and_workflows_save_to_one_folder():
+    """edit_image.py writes where the example workflows' SaveImage nodes do: one folder of ComfyUI's output."""
+    import json
+
+    sys.path.insert(0, str(ROOT))
+    import edit_image  # standard library only at import
+
+    folders = set()
+    for path in sorted((ROOT / "example_workflows").glob("*.json")):
+        for node in json.loads(path.read_text())["nodes"]:
+            if node["type"] == "SaveImage":
+                folders.add(node["widgets_values"][0].split("/")[0])
+    assert folders == {edit_image.OUTPUT_SUBFOLDER} == {"pix2pix-zero"}

@@ -173,3 +173,99 @@ def test_regularization_works_under_inference_mode_and_fp16():
         out = regularize_noise(noise, generator=torch.Generator().manual_seed(0))
     assert out.dtype == torch.float16
     assert kl_divergence(out.float()) < kl_divergence(noise.float()) + 1e-3
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Small maps: the latents of 16-64 px images (2x2 to 8x8), which the references were never run on
+
+SMALL_SIZES = [(h, w) for h in range(1, 9) for w in range(1, 9)] + [(16, 1), (1, 16), (16, 2), (2, 16), (12, 3)]
+
+
+@pytest.mark.parametrize("height, width", SMALL_SIZES)
+def test_small_and_narrow_maps_stay_finite(height, width):
+    """Gaussian noise of every latent size from 1x1 to 8x8 (and narrow non-square ones), at the scale of predicted
+    noise and 3x larger: the default regularization returns finite values. Before the fix 2x2 and 3x3 maps turned
+    into NaN (a roll on a level with no valid shift, and a KL step larger than the variance can take), and 4x4 to
+    8x8 maps of 3x larger noise too (the auto-correlation step overshooting)."""
+    for seed in range(4):
+        for sigma in (1.0, 3.0):
+            g = torch.Generator().manual_seed(100 * height + 10 * width + seed)
+            noise = sigma * torch.randn(1, 4, height, width, generator=g)
+            out = regularize_noise(noise, generator=torch.Generator().manual_seed(seed))
+            assert torch.isfinite(out).all(), (height, width, seed, sigma)
+            assert not torch.equal(out, noise)  # the KL step still acts on every one of them
+
+
+def test_pyramid_stops_where_the_references_stop_and_before_an_empty_level():
+    assert pyramid_sizes(64) == pyramid_sizes(64, 64) == [64, 32, 16, 8]
+    assert pyramid_sizes(9) == [9, 4] and pyramid_sizes(8) == [8] and pyramid_sizes(2) == [2]
+    assert pyramid_sizes(64, 16) == [64, 32, 16, 8]  # the references' rule: by the height
+    assert pyramid_sizes(64, 2) == [64, 32]  # pooling a 1 px wide level would leave nothing to average
+    assert pyramid_sizes(16, 1) == [16]
+
+
+def test_levels_without_a_shift_add_no_term():
+    """A level of height 2 or 3 has no shift in [1, H // 2): no draw is used and it adds nothing; a shift that is a
+    multiple of the width leaves the width term out (it would be mean(n^2)^2, not a correlation)."""
+    g = torch.Generator().manual_seed(0)
+    shifts = draw_shifts(g, 4, [3])
+    assert (shifts == 0).all() and (draw_shifts(g, 4, [2]) == 0).all() and (draw_shifts(g, 4, [4]) == 1).all()
+    noise = torch.randn(1, 4, 3, 5, generator=g)
+    assert auto_corr_loss(noise, shifts).item() == 0.0
+    assert not auto_corr_grad(noise, shifts).any()
+    narrow = torch.randn(1, 4, 8, 2, generator=g)
+    two = torch.full((4, 1), 2)  # a valid height shift (in [1, 4)); a roll by 2 on 2 columns is the identity
+    rows_only = ((narrow * torch.roll(narrow, 2, 2)).mean(dim=(2, 3)) ** 2).sum(dim=1)
+    torch.testing.assert_close(auto_corr_loss(narrow, two), rows_only, rtol=0, atol=0)
+    # float64: autograd and the written-out gradient, the same derivative by other op sequences (rule 2)
+    narrow = narrow.double()
+    var = narrow.clone().requires_grad_(True)
+    (expected,) = torch.autograd.grad(auto_corr_loss(var, two).sum(), var)
+    torch.testing.assert_close(auto_corr_grad(narrow, two), expected, rtol=0, atol=same_math_atol(expected))
+
+
+@pytest.mark.parametrize("height, width", [(4, 4), (5, 3), (8, 2), (8, 8), (12, 12), (18, 10)])
+def test_curvature_bound_bounds_the_hessian(height, width):
+    """The step cap's curvature is an upper bound of the largest Hessian eigenvalue of each channel's loss (checked
+    with the exact float64 Hessian; equality would be allowed, rounding of float64 sums is far below 1e-9)."""
+    from core.regularization import _auto_corr_grad_and_curvature
+
+    g = torch.Generator().manual_seed(height * width)
+    noise = 2.0 * torch.randn(1, 2, height, width, generator=g, dtype=torch.float64)
+    shifts = draw_shifts(g, 2, pyramid_sizes(height, width))
+    _, curvature = _auto_corr_grad_and_curvature(noise, shifts)
+    for channel in range(2):
+        def loss(x):
+            full = noise.clone()
+            full[0, channel] = x.view(height, width)
+            return auto_corr_loss(full, shifts).sum()
+
+        hessian = torch.autograd.functional.hessian(loss, noise[0, channel].flatten())
+        top = torch.linalg.eigvalsh(hessian).abs().max()
+        assert top <= curvature[0, channel, 0, 0] * (1 + 1e-9), (top, curvature[0, channel])
+
+
+def test_ordinary_latents_keep_the_references_step():
+    """64x64 latents of predicted-noise scale never reach the cap: bit-identical to stepping lambda_ac / rolls."""
+    from core.regularization import _auto_corr_grad_and_curvature
+
+    g = torch.Generator().manual_seed(11)
+    noise = torch.randn(1, 4, 64, 64, generator=g)
+    shifts = draw_shifts(g, 4, pyramid_sizes(64))
+    _, curvature = _auto_corr_grad_and_curvature(noise, shifts)
+    assert (4.0 * curvature <= 1).all()
+    out = regularize_noise(noise, lambda_kl=0, num_reg_steps=1, num_ac_rolls=1, shift_sampler=lambda c, s: shifts)
+    assert torch.equal(out, noise - 20.0 * auto_corr_grad(noise, shifts))
+
+
+def test_kl_step_on_tiny_images_converges_instead_of_diverging():
+    """With N values per image the references' KL step changes var - 1 by about (1 - 4 lambda / (N - 1)): for a
+    2x2x4 latent (N = 16) and lambda 20 that is -4.3 per step, a divergence. Capped, the variance moves towards 1."""
+    g = torch.Generator().manual_seed(3)
+    noise = 1.5 * torch.randn(1, 4, 2, 2, generator=g)
+    out = regularize_noise(noise, lambda_ac=0, generator=torch.Generator().manual_seed(0))
+    assert abs(out.var().item() - 1) < abs(noise.var().item() - 1)
+    one = torch.randn(1, 1, 1, 1, generator=g)  # one value: no variance, no KL step
+    assert torch.equal(regularize_noise(one, lambda_ac=0, generator=g), one)
+    with pytest.raises(ValueError, match="at least 2 values"):
+        kl_divergence(one)
