@@ -30,10 +30,47 @@ def test_requirements_leave_torch_to_the_host():
     assert "comfyui" not in project["project"]["name"].lower()
 
 
+_IMPORT_EVERY_CORE_MODULE = """
+import importlib, pkgutil, sys
+
+HOST = ("comfy", "comfy_api", "comfy_extras", "execution", "folder_paths", "latent_preview", "nodes")
+
+
+class RefuseComfyUI:  # any import of a ComfyUI module from core fails loudly, even where ComfyUI is installed
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in HOST:
+            raise ImportError("core imported the ComfyUI module " + name)
+
+
+sys.meta_path.insert(0, RefuseComfyUI())
+import core
+
+names = sorted(m.name for m in pkgutil.iter_modules(core.__path__))
+for name in names:
+    importlib.import_module("core." + name)
+print(" ".join(names))
+"""
+
+
 def test_core_imports_without_comfyui():
-    code = "import sys, core; bad = [m for m in sys.modules if m.split('.')[0] in ('comfy', 'nodes', 'folder_paths')]; print(bad)"
-    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
+    """Every module of core/ is imported (core/__init__ loads its names lazily, so importing the package alone would
+    prove nothing) with ComfyUI's modules made unimportable."""
+    out = subprocess.run([sys.executable, "-c", _IMPORT_EVERY_CORE_MODULE], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr[-2000:]
+    imported = out.stdout.split()
+    expected = sorted(p.stem for p in (ROOT / "core").glob("*.py") if p.stem != "__init__")
+    assert imported == expected, (imported, expected)
+
+
+def test_core_import_check_can_fail(tmp_path):
+    """The check above fails for a core module that imports ComfyUI (a copy of core with one such module)."""
+    import shutil
+
+    shutil.copytree(ROOT / "core", tmp_path / "core")
+    (tmp_path / "core" / "leaky.py").write_text("import folder_paths\n")
+    out = subprocess.run([sys.executable, "-c", _IMPORT_EVERY_CORE_MODULE], cwd=tmp_path, capture_output=True,
+                         text=True)
+    assert out.returncode != 0 and "core imported the ComfyUI module folder_paths" in out.stderr
 
 
 def test_node_ids_are_prefixed():
