@@ -241,3 +241,14 @@ def test_fingerprint_tells_weights_apart():
 def test_direction_shape_is_checked():
     with pytest.raises(ValueError, match=r"\[1, tokens, width\]"):
         EditDirection(embedding=torch.zeros(2, 77, 8))
+
+
+def test_full_size_sd3_and_flux_conditionings_are_told_apart():
+    """SD 3.x and Flux conditionings are both 4096 wide; the pooled width (2048 vs 768) tells them apart."""
+    from core.direction import check_conditioning
+
+    d = EditDirection(embedding=torch.zeros(1, 154, 4096), pooled=torch.zeros(1, 2048), source="cat", target="dog",
+                      family="sd3", segments=(77, 77))
+    check_conditioning(d, 4096, 2048)
+    with pytest.raises(ValueError, match=r"SD 3.x .*pooled 2048.* \(from Flux .*pooled 768\)"):
+        check_conditioning(d, 4096, 768)
