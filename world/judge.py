@@ -140,10 +140,12 @@ CONFIGS = {
 }
 
 
-def train_judge(out_dir, seed=0, reduced=False, minutes=None, world_seed=0):
+def train_judge(out_dir, seed=0, reduced=False, minutes=None, world_seed=0, steps=None):
     """Train the judge; resumable from <out_dir>/judge.ckpt; writes judge.safetensors and judge.json (config and
     held-out accuracies). Returns the report dict."""
-    cfg = CONFIGS["reduced" if reduced else "full"]
+    cfg = dict(CONFIGS["reduced" if reduced else "full"])
+    if steps:
+        cfg["steps"] = int(steps)
     torch.manual_seed(seed)
     data = loop.rendered(out_dir, "train", cfg["train"], world_seed)
     x_all = _to_input(data["images"])

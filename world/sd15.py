@@ -48,7 +48,7 @@ UNET_CONFIGS = {
 }
 UNET_CONFIGS["reduced"] = UNET_CONFIGS["full"]
 TRAIN = {
-    "full": {"images": 10000, "steps": 1500, "batch": 24, "lr": 3e-4, "warmup": 50, "ema": 0.995, "dropout": 0.1,
+    "full": {"images": 10000, "steps": 1500, "batch": 24, "lr": 4e-4, "warmup": 50, "ema": 0.99, "dropout": 0.1,
              "export_every_s": 900, "templates": None},
     # CI: 4 templates (fewer captions to encode), a few steps: a loadable, barely trained checkpoint
     "reduced": {"images": 2000, "steps": 40, "batch": 8, "lr": 3e-4, "warmup": 10, "ema": 0.9, "dropout": 0.1,
@@ -200,7 +200,7 @@ def _prepare_data(out_dir, cfg, world_seed, seed, taesd, clip):
     return d
 
 
-def train_sd15(out_dir, seed=0, reduced=False, minutes=None, world_seed=0, comfyui=None, unet=None):
+def train_sd15(out_dir, seed=0, reduced=False, minutes=None, world_seed=0, comfyui=None, unet=None, steps=None):
     import torch
     import torch.nn.functional as F
     from scripts import comfy_host
@@ -208,7 +208,9 @@ def train_sd15(out_dir, seed=0, reduced=False, minutes=None, world_seed=0, comfy
     from .taesd import load_taesd
 
     kind = "reduced" if reduced else "full"
-    cfg, unet_config = TRAIN[kind], UNET_CONFIGS[unet or kind]
+    cfg, unet_config = dict(TRAIN[kind]), UNET_CONFIGS[unet or kind]
+    if steps:
+        cfg["steps"] = int(steps)
     taesd_path = os.path.join(out_dir, "taesd.safetensors")
     if not os.path.isfile(taesd_path):
         raise FileNotFoundError(f"{taesd_path} is missing: train the VAE first (--part vae)")

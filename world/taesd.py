@@ -134,7 +134,7 @@ def from_model_space(taesd, latents, latent_format="sd15"):
 
 
 CONFIGS = {
-    "full": {"train": 10000, "test": 500, "steps": 600, "batch": 16, "crop": 32, "full_from": 0.8, "lr": 1e-3,
+    "full": {"train": 10000, "test": 500, "steps": 400, "batch": 16, "crop": 32, "full_from": 0.8, "lr": 1e-3,
              "latent_noise": 0.05, "lite": True},
     "reduced": {"train": 2000, "test": 100, "steps": 200, "batch": 16, "crop": 32, "full_from": 0.8, "lr": 2e-3,
                 "latent_noise": 0.05, "lite": True},
@@ -150,11 +150,13 @@ def psnr(a, b):
     return 10 * torch.log10(1.0 / mse)
 
 
-def train_taesd(out_dir, seed=0, reduced=False, minutes=None, world_seed=0, latent_format="sd15"):
+def train_taesd(out_dir, seed=0, reduced=False, minutes=None, world_seed=0, latent_format="sd15", steps=None):
     """Train TAESD on the world's train renders (L1 + MSE reconstruction, latent mean / variance penalty, a little
     latent noise before decoding so the decoder tolerates imperfect latents). Mostly on 32 x 32 crops aligned to the
     8-px latent grid (4x cheaper), the last 20 % of steps on whole images. Resumable; returns the report."""
-    cfg = CONFIGS["reduced" if reduced else "full"]
+    cfg = dict(CONFIGS["reduced" if reduced else "full"])
+    if steps:
+        cfg["steps"] = int(steps)
     factor, shift_factor, channels = LATENT_FORMATS[latent_format]
     torch.manual_seed(seed)
     data = loop.rendered(out_dir, "train", cfg["train"], world_seed)

@@ -27,6 +27,8 @@ def main(argv=None):
     ap.add_argument("--minutes", type=float, default=None, help="wall-time cap per part")
     ap.add_argument("--reduced", action="store_true", help="CI-sized world: small models, few steps")
     ap.add_argument("--comfyui", default=None, help="ComfyUI folder for the sd15 part (default $COMFYUI_PATH)")
+    ap.add_argument("--steps", type=int, default=None,
+                    help="override the planned step count of the part(s) (the schedule follows it)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     args = ap.parse_args(argv)
 
@@ -43,14 +45,16 @@ def main(argv=None):
         loop.log(f"part {part}: start (seed {args.seed}, reduced={args.reduced}, minutes={args.minutes})")
         if part == "judge":
             from .judge import train_judge
-            train_judge(out, seed=args.seed, reduced=args.reduced, minutes=args.minutes, world_seed=args.world_seed)
+            train_judge(out, seed=args.seed, reduced=args.reduced, minutes=args.minutes, world_seed=args.world_seed,
+                        steps=args.steps)
         elif part == "vae":
             from .taesd import train_taesd
-            train_taesd(out, seed=args.seed, reduced=args.reduced, minutes=args.minutes, world_seed=args.world_seed)
+            train_taesd(out, seed=args.seed, reduced=args.reduced, minutes=args.minutes, world_seed=args.world_seed,
+                        steps=args.steps)
         elif part == "sd15":
             from .sd15 import train_sd15
             train_sd15(out, seed=args.seed, reduced=args.reduced, minutes=args.minutes, world_seed=args.world_seed,
-                       comfyui=args.comfyui)
+                       comfyui=args.comfyui, steps=args.steps)
         loop.log(f"part {part}: done in {time.time() - t0:.0f} s")
     return 0
 
