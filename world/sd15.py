@@ -49,7 +49,7 @@ UNET_CONFIGS = {
 UNET_CONFIGS["reduced"] = UNET_CONFIGS["full"]
 TRAIN = {
     "full": {"images": 10000, "steps": 1500, "batch": 24, "lr": 4e-4, "warmup": 50, "ema": 0.99, "dropout": 0.1,
-             "export_every_s": 900, "templates": None},
+             "export_every_s": 600, "templates": None},
     # CI: 4 templates (fewer captions to encode), a few steps: a loadable, barely trained checkpoint
     "reduced": {"images": 2000, "steps": 40, "batch": 8, "lr": 3e-4, "warmup": 10, "ema": 0.9, "dropout": 0.1,
                 "export_every_s": 1e9, "templates": (0, 1, 4, 6)},
@@ -173,31 +173,51 @@ def export_checkpoint(model, unet_state, te_sd, taesd, path, metadata):
     return path
 
 
-def _prepare_data(out_dir, cfg, world_seed, seed, taesd, clip):
-    """Model-space latents of the training renders, their attributes, the embedding table of every training
-    caption (+ the empty prompt), cached in <out_dir>/data/."""
+def _templates(cfg):
+    return tuple(cfg["templates"] or range(len(render.TEMPLATES)))
+
+
+def caption_table(out_dir, cfg, te_seed, clip=None):
+    """Every training caption (non-held-out attribute combinations x the config's templates) and the empty prompt,
+    embedded once: {"captions", "embeddings" [N, 77, 768] fp16, "empty" [1, 77, 768]}; cached in <out_dir>/data/."""
+    import itertools
     import torch
-    from .taesd import to_model_space
-    tag = "all" if not cfg["templates"] else "t" + "-".join(map(str, cfg["templates"]))
-    path = os.path.join(out_dir, "data", f"sd15-{world_seed}-{cfg['images']}-seed{seed}-{tag}.pt")
+    templates = _templates(cfg)
+    tag = "all" if not cfg["templates"] else "t" + "-".join(map(str, templates))
+    path = os.path.join(out_dir, "data", f"sd15-captions-te{te_seed}-{tag}.pt")
     if os.path.isfile(path):
         return torch.load(path, map_location="cpu")
+    caps = set()
+    for combo in itertools.product(*render.ATTRIBUTES.values()):
+        attrs = dict(zip(render.ATTRIBUTES, combo))
+        if not render.is_held_out(attrs):
+            caps.update(render.caption(attrs, t) for t in templates)
+    captions = sorted(caps)
+    if clip is None:
+        clip = make_clip(text_encoder_state_dict(te_seed))
+    loop.log(f"encoding {len(captions)} captions + the empty prompt")
+    emb = encode_captions(clip, captions + [""])
+    d = {"captions": captions, "embeddings": emb[:-1], "empty": emb[-1:]}
+    loop.atomic_save(d, path)
+    return d
+
+
+def _prepare_data(out_dir, cfg, world_seed, te_seed, taesd, clip):
+    """Model-space latents of the training renders, for each image the caption index under every template, and the
+    caption embedding table; the latents are cached in <out_dir>/data/ (they depend on the trained TAESD)."""
+    import torch
+    from .taesd import to_model_space
+    table = caption_table(out_dir, cfg, te_seed, clip)
     data = loop.rendered(out_dir, "train", cfg["images"], world_seed)
     x = torch.from_numpy(data["images"]).permute(0, 3, 1, 2).float() / 255.0
     loop.log(f"encoding {len(x)} images to latents")
     with torch.no_grad():
         lat = torch.cat([to_model_space(taesd, x[i:i + 200]) for i in range(0, len(x), 200)])
-    templates = cfg["templates"] or tuple(range(len(render.TEMPLATES)))
+    index = {c: i for i, c in enumerate(table["captions"])}
     attrs = [{a: render.ATTRIBUTES[a][int(data["labels"][a][i])] for a in render.ATTRIBUTES} for i in range(len(x))]
-    captions = sorted({render.caption(at, t) for at in attrs for t in templates})
-    table = {c: i for i, c in enumerate(captions)}
-    # for every image, the caption index under each template
-    cap_idx = torch.tensor([[table[render.caption(at, t)] for t in templates] for at in attrs])
-    loop.log(f"encoding {len(captions)} captions + the empty prompt")
-    emb = encode_captions(clip, captions + [""])
-    d = {"latents": lat, "caption_index": cap_idx, "embeddings": emb[:-1], "empty": emb[-1:], "captions": captions}
-    loop.atomic_save(d, path)
-    return d
+    cap_idx = torch.tensor([[index[render.caption(at, t)] for t in _templates(cfg)] for at in attrs])
+    return {"latents": lat, "caption_index": cap_idx, "embeddings": table["embeddings"], "empty": table["empty"],
+            "captions": table["captions"]}
 
 
 def train_sd15(out_dir, seed=0, reduced=False, minutes=None, world_seed=0, comfyui=None, unet=None, steps=None):
