@@ -97,9 +97,11 @@ def evaluate(ckpt, judge_path, captions=32, per_caption=2, steps=20, cfg=4.0, sa
                             "read": {a: read[a][i] for a in render.ATTRIBUTES}}
                            for i in range(0, len(wanted), per_caption)][:16]}
     try:
-        with open(os.path.splitext(ckpt)[0] + ".json", encoding="utf-8") as f:
-            report["training"] = {k: v for k, v in json.load(f).items() if k in ("steps", "steps_planned")}
-    except (OSError, ValueError):
+        from safetensors import safe_open
+        with safe_open(ckpt, "pt") as f:
+            meta = f.metadata() or {}
+        report["training"] = {"steps": meta.get("steps"), "train": json.loads(meta.get("train", "null"))}
+    except Exception:  # not a world checkpoint: no training metadata
         pass
     if out_dir:
         os.makedirs(out_dir, exist_ok=True)
