@@ -40,8 +40,13 @@ def main(argv=None):
     os.makedirs(out, exist_ok=True)
     parts = PARTS if args.part == "all" else (args.part,)
     from . import loop
+    reports = {"judge": "judge.json", "vae": "taesd.json", "sd15": os.path.join("checkpoints", "world-sd15.json")}
     for part in parts:
         t0 = time.time()
+        done = _finished(os.path.join(out, reports[part]))
+        if done and not args.steps:
+            loop.log(f"part {part}: already finished ({done} steps; delete {reports[part]} to redo it)")
+            continue
         loop.log(f"part {part}: start (seed {args.seed}, reduced={args.reduced}, minutes={args.minutes})")
         if part == "judge":
             from .judge import train_judge
@@ -57,6 +62,17 @@ def main(argv=None):
                        comfyui=args.comfyui, steps=args.steps)
         loop.log(f"part {part}: done in {time.time() - t0:.0f} s")
     return 0
+
+
+def _finished(report_path):
+    """Steps of a finished part (its report says all planned steps ran), else None."""
+    import json
+    try:
+        with open(report_path, encoding="utf-8") as f:
+            r = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return r["steps"] if r.get("steps") and r.get("steps") == r.get("steps_planned") else None
 
 
 if __name__ == "__main__":
