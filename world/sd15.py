@@ -48,7 +48,7 @@ UNET_CONFIGS = {
 }
 UNET_CONFIGS["reduced"] = UNET_CONFIGS["full"]
 TRAIN = {
-    "full": {"images": 10000, "steps": 1500, "batch": 24, "lr": 4e-4, "warmup": 50, "ema": 0.99, "dropout": 0.1,
+    "full": {"images": 10000, "steps": 800, "batch": 16, "lr": 4e-4, "warmup": 50, "ema": 0.99, "dropout": 0.1,
              "export_every_s": 600, "templates": None},
     # CI: 4 templates (fewer captions to encode), a few steps: a loadable, barely trained checkpoint
     "reduced": {"images": 2000, "steps": 40, "batch": 8, "lr": 3e-4, "warmup": 10, "ema": 0.9, "dropout": 0.1,
