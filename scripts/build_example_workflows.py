@@ -21,9 +21,8 @@ What the frontend needs from a template (ComfyUI serves every ``example_workflow
   under the browser's "A -> Z" sort;
 - ``extra.workflowRendererVersion`` is left unset ("LG"): frontend 1.32+ in Nodes 2.0 then scales the layout by 1.2
   (Comfy.VueNodes.AutoScaleLayout) and restores ``extra.ds``; framed_view frames both renderers' boxes (node_rects,
-  nodes2_rects: NODES_2_SCALE, NODES_2_HEIGHT, CLASSIC_MIN_WIDTH). Work in progress (issue 29): with the classic
-  renderer's minimum widths the photo and MMDiT layouts open below MIN_SCALE, so this raises for them; the shipped
-  files are the previous, classic-only layouts (tests/test_host_browser.py NODES_2_LAYOUT_FAULT).
+  nodes2_rects: NODES_2_SCALE, NODES_2_HEIGHT, CLASSIC_MIN_WIDTH). The pack's nodes carry
+  short titles (SHORT_TITLES) so that the classic renderer does not widen them to their long display names.
 """
 import json
 import math
@@ -105,6 +104,10 @@ class Graph:
     def node(self, kind, pos, widgets=None, title=None, size=(320, 120), properties=None):
         from scripts.workflow_api import is_widget
 
+        title = title or SHORT_TITLES.get(kind)
+        if kind.startswith("P2PZ_") and not title:
+            raise ValueError(f"{kind}: give it a short title (SHORT_TITLES): its display name widens it")
+
         spec = self.defs[kind]["input"]
         ordered = list((spec.get("required") or {}).items()) + list((spec.get("optional") or {}).items())
         widgets = dict(widgets or {})
@@ -132,7 +135,7 @@ class Graph:
         cls = self.classes[kind]
         names = getattr(cls, "RETURN_NAMES", None) or cls.RETURN_TYPES
         outputs = [{"name": n, "type": t, "links": []} for n, t in zip(names, cls.RETURN_TYPES)]
-        width = max(size[0], CLASSIC_MIN_WIDTH.get(kind, 0), CLASSIC_MIN_WIDTH.get(f"{kind} {title}", 0))
+        width = max(size[0], CLASSIC_MIN_WIDTH.get(f"{kind} {title}" if title else kind, 0))
         node = {"id": len(self.nodes) + 1, "type": kind, "pos": list(pos),
                 "size": [width, file_height(kind, width, size[1])], "flags": {},
                 "order": len(self.nodes), "mode": 0, "inputs": inputs, "outputs": outputs,
@@ -246,13 +249,24 @@ NODES_2_IMAGE_EXTRA = {"LoadImage": 156, "SaveImage": 132, "PreviewImage": 96}
 
 
 # The classic renderer widens a node to its title and widgets (LGraphNode.computeSize) where the file's width is
-# smaller: these widths (graph units, frontend 1.35.9) for the titles the examples use; others compute to <= 210.
+# smaller: these widths (graph units, frontend 1.35.9; key: the type, or "type title" for a node given a title) for
+# the nodes the examples use; others compute to <= 210. The pack's display names are long (e.g. "Guided Edit
+# (pix2pix-zero cross-attention guidance)": 383 wide), so the examples give its nodes short titles (SHORT_TITLES):
+# both renderers show the pack's name on the node anyway (its source badge), and the narrower nodes let the photo
+# and MMDiT layouts open at MIN_SCALE or above.
 CLASSIC_MIN_WIDTH = {
-    "P2PZ_GuidedEdit": 383, "P2PZ_InvertLatent": 339, "P2PZ_EncodeCaptions": 322, "P2PZ_NoiseLatent": 349,
-    "P2PZ_ApplyStudent": 288, "P2PZ_LoadStudent": 283, "P2PZ_BuildDirection": 262, "P2PZ_LoadDirection": 262,
-    "P2PZ_SaveDirection": 261, "P2PZ_BLIPCaption": 222, "LoadImage": 223, "CLIPTextEncode": 219,
-    "VAEDecode VAE Decode (reconstruction)": 232,
+    "P2PZ_GuidedEdit Guided Edit": 213, "P2PZ_InvertLatent Invert Latent": 233, "LoadImage": 223,
+    "CLIPTextEncode": 219,
 }
+SHORT_TITLES = {
+    "P2PZ_GuidedEdit": "Guided Edit", "P2PZ_InvertLatent": "Invert Latent", "P2PZ_EncodeCaptions": "Encode Captions",
+    "P2PZ_NoiseLatent": "Noise Latent", "P2PZ_LoadStudent": "Load Student", "P2PZ_ApplyStudent": "Apply Student",
+    "P2PZ_BuildDirection": "Build Edit Direction", "P2PZ_LoadDirection": "Load Edit Direction",
+    "P2PZ_SaveDirection": "Save Edit Direction", "P2PZ_BLIPCaption": "BLIP Caption",
+}
+# Measured untitled (display names) in 1.35.9, none of which the examples use: GuidedEdit 383, InvertLatent 339,
+# EncodeCaptions 322, NoiseLatent 349, ApplyStudent 288, LoadStudent 283, Build/Load/SaveDirection 262,
+# BLIPCaption 222, MMDiTGuidanceOptions 378; VAEDecode titled "VAE Decode (reconstruction)" 232.
 
 
 def nodes2_height(kind, width):
@@ -389,12 +403,12 @@ def edit_and_save(g, ckpt, caption, start, direction, lambda_xa=0.1, negative=No
     g.link(direction, 0, edit, "direction")
     if negative is not None:
         g.link(negative, 0, edit, "negative")
-    decoded = g.node("VAEDecode", (0, 0), size=(200, 50))
+    decoded = g.node("VAEDecode", (0, 0), size=(230, 50))
     g.link(edit, 0, decoded, "samples")
     g.link(ckpt, 2, decoded, "vae")
     save = g.node("SaveImage", (0, 0), {"filename_prefix": f"pix2pix-zero/{prefix}"}, size=(220, 180))
     g.link(decoded, 0, save, "images")
-    recon = g.node("VAEDecode", (0, 0), size=(200, 50), title="VAE Decode (reconstruction)")
+    recon = g.node("VAEDecode", (0, 0), size=(230, 50), title="Decode (reconstruction)")
     g.link(edit, 1, recon, "samples")
     g.link(ckpt, 2, recon, "vae")
     preview = g.node("PreviewImage", (0, 0), size=(220, 160), title="Reconstruction")
@@ -536,7 +550,7 @@ def mmdit_photo(g, model, clip, vae, caption_then=None, size=1024):
     latent = g.node("VAEEncode", (0, 0), size=(210, 50))
     g.link(scaled, 0, latent, "pixels")
     g.link(vae[0], vae[1], latent, "vae")
-    invert = g.node("P2PZ_InvertLatent", (0, 0), {"steps": 28}, size=(280, 270))
+    invert = g.node("P2PZ_InvertLatent", (0, 0), {"steps": 28}, size=(250, 270))
     g.link(model[0], model[1], invert, "model")
     g.link(positive, 0, invert, "conditioning")
     g.link(latent, 0, invert, "latent")
@@ -549,17 +563,17 @@ def mmdit_photo(g, model, clip, vae, caption_then=None, size=1024):
 
 def mmdit_edit(g, model, vae, positive, start, direction, cfg, prefix):
     """GuidedEdit (28 steps: the inversion's) -> VAEDecode -> SaveImage; the reconstruction -> PreviewImage."""
-    edit = g.node("P2PZ_GuidedEdit", (0, 0), {"steps": 28, "cfg": cfg, "lambda_xa": 0.1}, size=(300, 260))
+    edit = g.node("P2PZ_GuidedEdit", (0, 0), {"steps": 28, "cfg": cfg, "lambda_xa": 0.1}, size=(270, 260))
     g.link(model, 0, edit, "model")
     g.link(positive, 0, edit, "positive")
     g.link(start, 0, edit, "inverted_latent")
     g.link(direction, 0, edit, "direction")
-    decoded = g.node("VAEDecode", (0, 0), size=(190, 50))
+    decoded = g.node("VAEDecode", (0, 0), size=(230, 50))
     g.link(edit, 0, decoded, "samples")
     g.link(vae[0], vae[1], decoded, "vae")
     save = g.node("SaveImage", (0, 0), {"filename_prefix": f"pix2pix-zero/{prefix}"}, size=(200, 180))
     g.link(decoded, 0, save, "images")
-    recon = g.node("VAEDecode", (0, 0), size=(190, 50), title="VAE Decode (reconstruction)")
+    recon = g.node("VAEDecode", (0, 0), size=(230, 50), title="Decode (reconstruction)")
     g.link(edit, 1, recon, "samples")
     g.link(vae[0], vae[1], recon, "vae")
     preview = g.node("PreviewImage", (0, 0), size=(200, 160), title="Reconstruction")

@@ -11,13 +11,12 @@ used), tiny models under the example's own file names.
 - in both renderers (classic, and "Modern Node Design (Nodes 2.0)" where the frontend offers it, 1.32+): every
   example opens without complaint, and in the classic renderer no two nodes overlap (LiteGraph widens nodes to their
   titles); in Nodes 2.0 the DOM boxes ([data-node-id]) must be framed (inside the window, headers visible, clear of
-  the minimap, no two overlapping): a known fault for now (NODES_2_LAYOUT_FAULT, strict xfail);
+  the minimap, no two overlapping);
 - the photo example opens on the pack's photo (copied into the input folder when the pack loads), is shrunk in the
   page (64 px, 4 steps, 8 sentences), queued with the Run path (`app.queuePrompt`) in both renderers and finishes
   with `execution_success`; its saved image is the edit of that photo (the same prompt replayed on a copy of the
   photo gives the same pixels, on another photo different ones); in Nodes 2.0, where nodes grow to show their images,
-  the Save Image and Reconstruction previews must stay inside their nodes and no node then overlap another (the same
-  known fault: an xfail saying what it found).
+  the Save Image and Reconstruction previews must stay inside their nodes and no node then overlap another.
 
 Screenshots go to <test cache>/screenshots/<ComfyUI version>/ (see conftest.host_cache_dir) for people to look at.
 Skips, saying why, where /usr/bin/chromium or the playwright package is missing.
@@ -240,14 +239,11 @@ def _open_file(browser, path):
 
 NODES_2_FROM = (1, 32)  # "Modern Node Design (Nodes 2.0)" is offered from frontend 1.32 (1.27 has a hidden experiment)
 RENDERERS = ["classic", "nodes2"]
-# Known fault (issue 29, open): the examples are laid out for the classic renderer. Frontend 1.35 opens a workflow
-# without extra.workflowRendererVersion "Vue" in Nodes 2.0 through ensureCorrectLayoutScale (setting
-# Comfy.VueNodes.AutoScaleLayout, on by default): positions and sizes x 1.2 (heights + the title), then restores the
-# file's extra.ds, so the layout shows 1.2 x larger than framed, and Vue nodes grow to their content (Load Image 516
-# graph units high where 354 were left; Save Image and Reconstruction grow again to show their images after a run).
-# The framing checks below record that until the layouts are redone (scripts/build_example_workflows.py models Nodes
-# 2.0's boxes: nodes2_rects).
-NODES_2_LAYOUT_FAULT = "examples not yet laid out for Nodes 2.0's 1.2 x auto-scaled layout (issue 29)"
+# Frontend 1.35 opens a workflow without extra.workflowRendererVersion "Vue" in Nodes 2.0 through
+# ensureCorrectLayoutScale (setting Comfy.VueNodes.AutoScaleLayout, on by default): positions and sizes x 1.2
+# (heights + the title), then restores the file's extra.ds, so the layout shows 1.2 x larger than in the classic
+# renderer, and Vue nodes grow to their content (Save Image and Reconstruction grow again to show their images after
+# a run). scripts/build_example_workflows.py lays the examples out for both (nodes2_rects, framed_view).
 
 
 def _frontend_version(page):
@@ -367,8 +363,7 @@ def _check_open_workflow(browser, path, where, renderer="classic"):
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=NAMES)
-@pytest.mark.parametrize("renderer", ["classic", pytest.param("nodes2", marks=pytest.mark.xfail(
-    strict=True, reason=NODES_2_LAYOUT_FAULT))])
+@pytest.mark.parametrize("renderer", RENDERERS)
 def test_example_opens_cleanly_by_drag_and_drop(browser, screenshots, renderer, path):
     _use_renderer(browser, renderer)
     alerts = _open_file(browser, path)
@@ -525,11 +520,8 @@ def test_photo_example_runs_from_the_frontend(browser, server, base_dir, screens
         page.screenshot(path=shot)
         return
     # Nodes 2.0 grows Save Image and Reconstruction to show their images: the layout leaves them room.
-    try:
-        report = _check_framed_nodes2(browser, path, f"{PHOTO_EXAMPLE} after its run", shot,
-                                      boxes_name=f"nodes2_boxes_after_run_{PHOTO_EXAMPLE}.json", headers=False)
-    except AssertionError as e:
-        pytest.xfail(f"{NODES_2_LAYOUT_FAULT}: {e}")
+    report = _check_framed_nodes2(browser, path, f"{PHOTO_EXAMPLE} after its run", shot,
+                                  boxes_name=f"nodes2_boxes_after_run_{PHOTO_EXAMPLE}.json", headers=False)
     shown = {n["type"]: len(n["images"]) for n in report["nodes"] if n["type"] in ("SaveImage", "PreviewImage")}
     assert shown == {"SaveImage": 1, "PreviewImage": 1}, f"the images after the run: {shown} (screenshot {shot})"
 
