@@ -20,8 +20,9 @@ What the frontend needs from a template (ComfyUI serves every ``example_workflow
   come in the server's glob order (the file system's, unsorted); the numbers in the names give the reading order
   under the browser's "A -> Z" sort;
 - ``extra.workflowRendererVersion`` is left unset ("LG"): frontend 1.32+ in Nodes 2.0 then scales the layout by 1.2
-  (Comfy.VueNodes.AutoScaleLayout) and restores ``extra.ds``, so these layouts are framed for the classic renderer
-  only (issue 29, open; tests/test_host_browser.py NODES_2_LAYOUT_FAULT).
+  (Comfy.VueNodes.AutoScaleLayout) and restores ``extra.ds``; framed_view frames both renderers' boxes (node_rects,
+  nodes2_rects: NODES_2_SCALE, NODES_2_HEIGHT, CLASSIC_MIN_WIDTH). The pack's nodes carry
+  short titles (SHORT_TITLES) so that the classic renderer does not widen them to their long display names.
 """
 import json
 import math
@@ -103,6 +104,10 @@ class Graph:
     def node(self, kind, pos, widgets=None, title=None, size=(320, 120), properties=None):
         from scripts.workflow_api import is_widget
 
+        title = title or SHORT_TITLES.get(kind)
+        if kind.startswith("P2PZ_") and not title:
+            raise ValueError(f"{kind}: give it a short title (SHORT_TITLES): its display name widens it")
+
         spec = self.defs[kind]["input"]
         ordered = list((spec.get("required") or {}).items()) + list((spec.get("optional") or {}).items())
         widgets = dict(widgets or {})
@@ -130,7 +135,9 @@ class Graph:
         cls = self.classes[kind]
         names = getattr(cls, "RETURN_NAMES", None) or cls.RETURN_TYPES
         outputs = [{"name": n, "type": t, "links": []} for n, t in zip(names, cls.RETURN_TYPES)]
-        node = {"id": len(self.nodes) + 1, "type": kind, "pos": list(pos), "size": list(size), "flags": {},
+        width = max(size[0], CLASSIC_MIN_WIDTH.get(f"{kind} {title}" if title else kind, 0))
+        node = {"id": len(self.nodes) + 1, "type": kind, "pos": list(pos),
+                "size": [width, file_height(kind, width, size[1])], "flags": {},
                 "order": len(self.nodes), "mode": 0, "inputs": inputs, "outputs": outputs,
                 "properties": dict({"Node name for S&R": kind}, **(properties or {})), "widgets_values": values}
         if title:
@@ -165,6 +172,7 @@ class Graph:
 
     def write(self, file_name, headline):
         """Write ``file_name`` and its thumbnail ``<name>.jpg``; ``headline`` is the thumbnail's caption."""
+        check_nodes2_gaps(self.nodes, file_name)
         view = framed_view(self.nodes)
         if view["scale"] < MIN_SCALE:
             raise ValueError(f"{file_name} would open at scale {view['scale']} (< {MIN_SCALE}): lay it out tighter")
@@ -200,17 +208,77 @@ WORKFLOW_ID_NAMESPACE = uuid.uuid5(uuid.NAMESPACE_URL, "https://github.com/comfy
 # - 1.35 writes its render info over the bottom-left corner (to x 120, from y 644); 1.27 under its side bar.
 CANVAS = (72, 46, 1232, 672)  # x0, y0, x1, y1
 KEEP_CLEAR = [
-    (0, 0, 264, 92),  # 1.35: the workflow's name; 1.27: its tabs
+    (0, 0, 480, 92),  # 1.35: the workflow's name (its box grows with the name: 40 characters reach x 440); 1.27: tabs
     (938, 0, 1280, 92),  # 1.35: the Run bar
     (914, 406, 1280, 720),  # the minimap and the zoom toolbar (1.27 and 1.35)
     (0, 636, 130, 720),  # 1.35: LiteGraph's render info (T:, I:, N:, V:, FPS:) drawn over the canvas's corner
 ]
+# Nodes 2.0 (frontend 1.35 only, where the canvas is the whole window): the same bars and minimap (1.35's minimap at
+# 1023..1276 x 462..662 with its toolbar under it), each with an 8 px margin; its DOM nodes are drawn over the render
+# info, which is drawn on the canvas.
+NODES_2_CANVAS = (66, 46, 1272, 712)
+NODES_2_KEEP_CLEAR = [(0, 0, 480, 92), (938, 0, 1280, 92), (1015, 454, 1280, 720)]
 # Below this scale LiteGraph draws nodes as boxes without text: LGraphCanvas.updateLowQualityThreshold,
 # min_font_size_for_lod / (LiteGraph.NODE_TEXT_SIZE * sqrt(devicePixelRatio)) = 8 / 14 = 0.571 (setting
 # LiteGraph.Canvas.MinFontSizeForLOD, default 8, in both 1.27.10 and 1.35.9). The examples open at least at this.
-MIN_SCALE = 0.65
+MIN_SCALE = 0.6
 TITLE_HEIGHT = 30  # LiteGraph draws a node's title bar above its pos
 GAP_X, GAP_Y = 30, 20  # between columns, between the nodes of a column
+
+# Nodes 2.0 ("Modern Node Design", setting Comfy.VueNodes.Enabled, frontend 1.32+) draws nodes as DOM boxes. A
+# workflow without extra.workflowRendererVersion "Vue" (these) is scaled when it opens there (ensureCorrectLayoutScale,
+# setting Comfy.VueNodes.AutoScaleLayout, on by default): about the top-left corner of the nodes' bounding box less
+# 10 (createBounds), every pos and width x 1.2 and every height x 1.2 + the 30 of the header, which the DOM box
+# includes; then the file's extra.ds is restored, so the same view frames both renderers, Nodes 2.0's layout 1.2 x
+# larger. Marking a file "Vue" would shrink it by 1 / 1.2 in the classic renderer of 1.32+, but not in 1.27's, so
+# the files stay unmarked. A DOM box also grows to its content: these heights (graph units, header included) were
+# measured in frontend 1.35.9 (the browser test writes the boxes to nodes2_boxes_*.json next to its screenshots).
+# Each node is made tall enough in the file that Nodes 2.0 does not grow it, so both renderers show the same layout.
+NODES_2_SCALE = 1.2
+NODES_2_HEIGHT = {
+    "CheckpointLoaderSimple": 161, "ImageScale": 212, "VAEEncode": 102, "VAEDecode": 102, "PreviewAny": 183,
+    "P2PZ_BLIPCaption": 280, "P2PZ_EncodeCaptions": 102, "P2PZ_InvertLatent": 354, "P2PZ_BuildDirection": 507,
+    "P2PZ_GuidedEdit": 361, "P2PZ_LoadDirection": 113, "P2PZ_SaveDirection": 150, "P2PZ_LoadStudent": 147,
+    "P2PZ_ApplyStudent": 102, "TripleCLIPLoader": 182, "ModelSamplingSD3": 110, "P2PZ_MMDiTGuidanceOptions": 170,
+    "UNETLoader": 147, "DualCLIPLoader": 217, "VAELoader": 113, "ModelSamplingFlux": 206, "FluxGuidance": 110,
+    "CLIPTextEncode": 174, "P2PZ_NoiseLatent": 246,
+}
+# Nodes that show a square image (the cat photo, and the 512 x 512 or 1024 x 1024 results after a run) as wide as the
+# node: their height is the DOM width plus the rest of the node.
+NODES_2_IMAGE_EXTRA = {"LoadImage": 156, "SaveImage": 132, "PreviewImage": 96}
+
+
+# The classic renderer widens a node to its title and widgets (LGraphNode.computeSize) where the file's width is
+# smaller: these widths (graph units, frontend 1.35.9; key: the type, or "type title" for a node given a title) for
+# the nodes the examples use; others compute to <= 210. The pack's display names are long (e.g. "Guided Edit
+# (pix2pix-zero cross-attention guidance)": 383 wide), so the examples give its nodes short titles (SHORT_TITLES):
+# both renderers show the pack's name on the node anyway (its source badge), and the narrower nodes let the photo
+# and MMDiT layouts open at MIN_SCALE or above.
+CLASSIC_MIN_WIDTH = {
+    "P2PZ_GuidedEdit Guided Edit": 213, "P2PZ_InvertLatent Invert Latent": 233, "LoadImage": 223,
+    "CLIPTextEncode": 219,
+}
+SHORT_TITLES = {
+    "P2PZ_GuidedEdit": "Guided Edit", "P2PZ_InvertLatent": "Invert Latent", "P2PZ_EncodeCaptions": "Encode Captions",
+    "P2PZ_NoiseLatent": "Noise Latent", "P2PZ_LoadStudent": "Load Student", "P2PZ_ApplyStudent": "Apply Student",
+    "P2PZ_BuildDirection": "Build Edit Direction", "P2PZ_LoadDirection": "Load Edit Direction",
+    "P2PZ_SaveDirection": "Save Edit Direction", "P2PZ_BLIPCaption": "BLIP Caption",
+}
+# Measured untitled (display names) in 1.35.9, none of which the examples use: GuidedEdit 383, InvertLatent 339,
+# EncodeCaptions 322, NoiseLatent 349, ApplyStudent 288, LoadStudent 283, Build/Load/SaveDirection 262,
+# BLIPCaption 222, MMDiTGuidanceOptions 378; VAEDecode titled "VAE Decode (reconstruction)" 232.
+
+
+def nodes2_height(kind, width):
+    """The height (header included) a node of ``kind`` takes in Nodes 2.0 when its file width is ``width``."""
+    if kind in NODES_2_IMAGE_EXTRA:
+        return math.ceil(width * NODES_2_SCALE) + NODES_2_IMAGE_EXTRA[kind]
+    return NODES_2_HEIGHT.get(kind, 0)
+
+
+def file_height(kind, width, height):
+    """The height to write: at least ``height``, and enough that Nodes 2.0 does not grow the node."""
+    return max(height, math.ceil((nodes2_height(kind, width) - TITLE_HEIGHT) / NODES_2_SCALE))
 
 
 def workflow_id(file_name):
@@ -223,35 +291,58 @@ def node_rects(nodes):
             for n in nodes]
 
 
-def _fits(rects, scale, ox, oy):
-    x0, y0, x1, y1 = CANVAS
+def nodes2_rects(nodes):
+    """The DOM boxes of ``nodes`` in Nodes 2.0 after its 1.2 x auto-scale (NODES_2_SCALE), in graph units."""
+    rects = node_rects(nodes)
+    fx, fy = min(r[0] for r in rects) - 10, min(r[1] for r in rects) - 10
+    k = NODES_2_SCALE
+    return [(fx + (x - fx) * k, fy + (y - fy) * k - TITLE_HEIGHT, fx + (x + w - fx) * k, fy + (y + h - fy) * k)
+            for (x, y), (w, h) in ((n["pos"], n["size"]) for n in nodes)]
+
+
+def _fits(rects, scale, ox, oy, canvas=CANVAS, keep_clear=KEEP_CLEAR):
+    x0, y0, x1, y1 = canvas
     for a, b, c, d in rects:
         a, b, c, d = (a + ox) * scale, (b + oy) * scale, (c + ox) * scale, (d + oy) * scale
         if a < x0 or b < y0 or c > x1 or d > y1:
             return False
-        if any(a < k2 and c > k0 and b < k3 and d > k1 for k0, k1, k2, k3 in KEEP_CLEAR):
+        if any(a < k2 and c > k0 and b < k3 and d > k1 for k0, k1, k2, k3 in keep_clear):
             return False
     return True
 
 
 def framed_view(nodes):
-    """``extra.ds``: the largest round scale (at most 1) at which every node fits CANVAS clear of KEEP_CLEAR, and the
-    offset in the middle of those that fit."""
-    rects = node_rects(nodes)
-    bx0, by0 = min(r[0] for r in rects), min(r[1] for r in rects)
-    bx1, by1 = max(r[2] for r in rects), max(r[3] for r in rects)
+    """``extra.ds``: the largest round scale (at most 1) at which every node fits CANVAS clear of KEEP_CLEAR in the
+    classic renderer and NODES_2_CANVAS clear of NODES_2_KEEP_CLEAR in Nodes 2.0 (nodes2_rects), and the offset in
+    the middle of those that fit."""
+    rects, rects2 = node_rects(nodes), nodes2_rects(nodes)
+    bx0, by0 = min(r[0] for r in rects), min(r[1] for r in rects)  # the same corner in both renderers
+    bx1, by1 = max(r[2] for r in rects2), max(r[3] for r in rects2)  # Nodes 2.0's boxes reach further
+    x0, y0 = min(CANVAS[0], NODES_2_CANVAS[0]), min(CANVAS[1], NODES_2_CANVAS[1])
+    x1, y1 = max(CANVAS[2], NODES_2_CANVAS[2]), max(CANVAS[3], NODES_2_CANVAS[3])
     for step in range(100, 9, -1):
         scale = step / 100
-        # Offsets that keep the bounding box in CANVAS, on a 2-pixel grid.
+        # Offsets that keep the bounding box in the window, on a 2-pixel grid.
         fits = [(ox, oy)
-                for sx in range(math.ceil(CANVAS[0] - bx0 * scale), math.floor(CANVAS[2] - bx1 * scale) + 1, 2)
-                for sy in range(math.ceil(CANVAS[1] - by0 * scale), math.floor(CANVAS[3] - by1 * scale) + 1, 2)
-                for ox, oy in [(sx / scale, sy / scale)] if _fits(rects, scale, ox, oy)]
+                for sx in range(math.ceil(x0 - bx0 * scale), math.floor(x1 - bx1 * scale) + 1, 2)
+                for sy in range(math.ceil(y0 - by0 * scale), math.floor(y1 - by1 * scale) + 1, 2)
+                for ox, oy in [(sx / scale, sy / scale)]
+                if _fits(rects, scale, ox, oy) and _fits(rects2, scale, ox, oy, NODES_2_CANVAS, NODES_2_KEEP_CLEAR)]
         if fits:
             mx, my = sum(f[0] for f in fits) / len(fits), sum(f[1] for f in fits) / len(fits)
             ox, oy = min(fits, key=lambda f: (f[0] - mx) ** 2 + (f[1] - my) ** 2)
             return {"scale": scale, "offset": [round(ox, 1), round(oy, 1)]}
     raise ValueError("the workflow does not fit a 1280 x 720 window")
+
+
+def check_nodes2_gaps(nodes, file_name):
+    """No two Nodes 2.0 boxes touch (the browser test measures them)."""
+    rects = nodes2_rects(nodes)
+    for i, a in enumerate(rects):
+        for j in range(i + 1, len(rects)):
+            b = rects[j]
+            if a[0] < b[2] and b[0] < a[2] and a[1] < b[3] and b[1] < a[3]:
+                raise ValueError(f"{file_name}: nodes {nodes[i]['id']} and {nodes[j]['id']} overlap in Nodes 2.0")
 
 
 def column(x, y, nodes, gap=GAP_Y):
@@ -274,28 +365,28 @@ def bottom(nodes):
 
 
 def checkpoint(g):
-    return g.node("CheckpointLoaderSimple", (0, 0), {"ckpt_name": SD15["name"]}, size=(300, 100),
+    return g.node("CheckpointLoaderSimple", (0, 0), {"ckpt_name": SD15["name"]}, size=(250, 100),
                   properties={"models": [SD15]})
 
 
 def caption_and_invert(g, ckpt):
     """LoadImage -> 512x512 -> BLIP caption -> caption conditioning; VAEEncode -> InvertLatent. Returns the nodes by
     role (placed by photo_layout)."""
-    image = g.node("LoadImage", (0, 0), {"image": PHOTO}, size=(300, 270))
+    image = g.node("LoadImage", (0, 0), {"image": PHOTO}, size=(220, 270))
     scaled = g.node("ImageScale", (0, 0), {"upscale_method": "lanczos", "width": 512, "height": 512,
-                                          "crop": "center"}, size=(230, 130))
+                                          "crop": "center"}, size=(210, 130))
     g.link(image, 0, scaled, "image")
-    blip = g.node("P2PZ_BLIPCaption", (0, 0), {"blip_model": "blip-image-captioning-base"}, size=(250, 180))
+    blip = g.node("P2PZ_BLIPCaption", (0, 0), {"blip_model": "blip-image-captioning-base"}, size=(230, 180))
     g.link(scaled, 0, blip, "image")
-    show = g.node("PreviewAny", (0, 0), size=(250, 120), title="Caption")
+    show = g.node("PreviewAny", (0, 0), size=(230, 120), title="Caption")
     g.link(blip, 0, show, "source")
-    caption = g.node("P2PZ_EncodeCaptions", (0, 0), size=(345, 50))
+    caption = g.node("P2PZ_EncodeCaptions", (0, 0), size=(280, 50))
     g.link(ckpt, 1, caption, "clip")
     g.link(blip, 0, caption, "captions")
-    latent = g.node("VAEEncode", (0, 0), size=(230, 50))
+    latent = g.node("VAEEncode", (0, 0), size=(210, 50))
     g.link(scaled, 0, latent, "pixels")
     g.link(ckpt, 2, latent, "vae")
-    invert = g.node("P2PZ_InvertLatent", (0, 0), {"steps": 50}, size=(345, 270))
+    invert = g.node("P2PZ_InvertLatent", (0, 0), {"steps": 50}, size=(280, 270))
     g.link(ckpt, 0, invert, "model")
     g.link(caption, 0, invert, "conditioning")
     g.link(latent, 0, invert, "latent")
@@ -305,37 +396,34 @@ def caption_and_invert(g, ckpt):
 
 def edit_and_save(g, ckpt, caption, start, direction, lambda_xa=0.1, negative=None, prefix="edited"):
     """GuidedEdit -> VAEDecode -> SaveImage, and its reconstruction -> PreviewImage. Returns the nodes by role."""
-    edit = g.node("P2PZ_GuidedEdit", (0, 0), {"steps": 50, "cfg": 5.0, "lambda_xa": lambda_xa}, size=(390, 260))
+    edit = g.node("P2PZ_GuidedEdit", (0, 0), {"steps": 50, "cfg": 5.0, "lambda_xa": lambda_xa}, size=(320, 260))
     g.link(ckpt, 0, edit, "model")
     g.link(caption, 0, edit, "positive")
     g.link(start, 0, edit, "inverted_latent")
     g.link(direction, 0, edit, "direction")
     if negative is not None:
         g.link(negative, 0, edit, "negative")
-    decoded = g.node("VAEDecode", (0, 0), size=(240, 50))
+    decoded = g.node("VAEDecode", (0, 0), size=(230, 50))
     g.link(edit, 0, decoded, "samples")
     g.link(ckpt, 2, decoded, "vae")
-    save = g.node("SaveImage", (0, 0), {"filename_prefix": f"pix2pix-zero/{prefix}"}, size=(240, 180))
+    save = g.node("SaveImage", (0, 0), {"filename_prefix": f"pix2pix-zero/{prefix}"}, size=(220, 180))
     g.link(decoded, 0, save, "images")
-    recon = g.node("VAEDecode", (0, 0), size=(240, 50), title="VAE Decode (reconstruction)")
+    recon = g.node("VAEDecode", (0, 0), size=(230, 50), title="Decode (reconstruction)")
     g.link(edit, 1, recon, "samples")
     g.link(ckpt, 2, recon, "vae")
-    preview = g.node("PreviewImage", (0, 0), size=(240, 160), title="Reconstruction")
+    preview = g.node("PreviewImage", (0, 0), size=(220, 160), title="Reconstruction")
     g.link(recon, 0, preview, "images")
     return {"edit": edit, "decoded": decoded, "save": save, "recon": recon, "preview": preview}
 
 
 def photo_layout(note, ckpt, prep, direction, out):
-    """Two rows that read left to right, top then bottom, clear of the minimap's bottom-right corner: the note, the
-    checkpoint and the photo in a first column; the caption and inversion row, ending in the edit direction; the
-    edit row under it (its image nodes stacked, so the row stays short)."""
-    x = column(0, 0, [note, ckpt, prep["image"]]) + GAP_X
-    right = columns(x, 0, [[prep["scaled"], prep["latent"]], [prep["blip"], prep["show"]],
-                           [prep["caption"], prep["invert"]], [direction]])
-    top_row = [prep[k] for k in ("scaled", "latent", "blip", "show", "caption", "invert")] + [direction]
-    columns(x, bottom(top_row) + 2 * GAP_Y, [[out["edit"]], [out["decoded"], out["recon"]],
-                                             [out["save"], out["preview"]]])
-    return right
+    """Two rows that read left to right, top then bottom, clear of the minimap's bottom-right corner: the note over
+    the checkpoint, the photo, the caption and inversion, the edit direction; under them the edit, its decoders and
+    the two images, each with room below for the picture Nodes 2.0 shows after a run."""
+    top = [note, ckpt, direction] + list(prep.values())
+    columns(0, 0, [[note, ckpt], [prep["image"]], [prep["scaled"], prep["latent"]], [prep["blip"], prep["show"]],
+                   [prep["caption"], prep["invert"]], [direction]])
+    columns(0, bottom(top) + GAP_Y, [[out["edit"]], [out["decoded"], out["recon"]], [out["save"]], [out["preview"]]])
 
 
 def real_photo(defs, classes):
@@ -345,12 +433,12 @@ def real_photo(defs, classes):
                   "the pack). Load your own photo instead (resized to 512 x 512).\n3. Set **source** and **target** "
                   "in Build Edit Direction.\n\nBLIP writes the caption (downloaded into `models/blip/` on first use); the photo is "
                   "inverted, and the guided sampler edits it while holding its cross-attention maps to the "
-                  "reconstruction's, so the structure stays.", (0, 0), size=(300, 260),
+                  "reconstruction's, so the structure stays.", (0, 0), size=(300, 312),
                   title="Start here: edit a photo")
     ckpt = checkpoint(g)
     prep = caption_and_invert(g, ckpt)
     direction = g.node("P2PZ_BuildDirection", (0, 0), {"source": "cat", "target": "dog", "count": 1000},
-                       size=(270, 360))
+                       size=(250, 360))
     g.link(ckpt, 1, direction, "clip")
     out = edit_and_save(g, ckpt, prep["caption"], prep["invert"], direction, prefix="cat_to_dog")
     photo_layout(note, ckpt, prep, direction, out)
@@ -358,7 +446,7 @@ def real_photo(defs, classes):
 
 
 def synthetic(defs, classes):
-    """One row, left to right: note, checkpoint and direction; the prompts and x_T; the edit; decode; save."""
+    """Two rows, left to right: note and checkpoint, the prompts, x_T, the direction; the edit, decode, the images."""
     g = Graph(defs, classes)
     note = g.note("## pix2pix-zero: generate, then edit (synthetic image)\n\nNoise Latent draws x_T; the guided "
                   "sampler's **reconstruction** is the image generated from the prompt and its **edited** output the "
@@ -366,19 +454,20 @@ def synthetic(defs, classes):
                   size=(300, 190), title="Generate, then edit")
     ckpt = checkpoint(g)
     prompt = g.node("CLIPTextEncode", (0, 0), {"text": "a photo of a cat sitting on a wooden bench in a park"},
-                    size=(350, 120))
+                    size=(300, 120))
     g.link(ckpt, 1, prompt, "clip")
-    negative = g.node("CLIPTextEncode", (0, 0), {"text": ""}, size=(350, 90), title="Negative (empty)")
+    negative = g.node("CLIPTextEncode", (0, 0), {"text": ""}, size=(300, 90), title="Negative (empty)")
     g.link(ckpt, 1, negative, "clip")
-    noise = g.node("P2PZ_NoiseLatent", (0, 0), {"width": 512, "height": 512, "steps": 50}, size=(350, 180))
+    noise = g.node("P2PZ_NoiseLatent", (0, 0), {"width": 512, "height": 512, "steps": 50}, size=(300, 180))
     g.link(ckpt, 0, noise, "model")
     direction = g.node("P2PZ_BuildDirection", (0, 0), {"source": "cat", "target": "dog", "count": 1000},
-                       size=(300, 360))
+                       size=(250, 360))
     g.link(ckpt, 1, direction, "clip")
     out = edit_and_save(g, ckpt, prompt, noise, direction, lambda_xa=0.15, negative=negative,
                         prefix="synthetic_cat_to_dog")
-    columns(0, 0, [[note, ckpt, direction], [prompt, negative, noise], [out["edit"]],
-                   [out["decoded"], out["recon"]], [out["save"], out["preview"]]])
+    top = [note, ckpt, prompt, negative, noise, direction]
+    columns(0, 0, [[note, ckpt], [prompt, negative], [noise], [direction]])
+    columns(0, bottom(top) + GAP_Y, [[out["edit"]], [out["decoded"], out["recon"]], [out["save"]], [out["preview"]]])
     g.write(SYNTHETIC, "Generate, then edit: cat -> dog")
 
 
@@ -411,7 +500,7 @@ def direction_reuse(defs, classes):
     ckpt = checkpoint(g)
     prep = caption_and_invert(g, ckpt)
     direction = g.node("P2PZ_LoadDirection", (0, 0), {"direction_name": BUNDLED_DIRECTION},
-                       size=(270, 60))
+                       size=(250, 60))
     out = edit_and_save(g, ckpt, prep["caption"], prep["invert"], direction, prefix="saved_direction_edit")
     photo_layout(note, ckpt, prep, direction, out)
     g.write(REUSE_DIRECTION, "Edit a photo with a saved direction")
@@ -420,13 +509,13 @@ def direction_reuse(defs, classes):
 def student_apply(defs, classes):
     """A trained student applied to a photo: LoadImage -> Load Student -> Apply Student -> SaveImage."""
     g = Graph(defs, classes)
-    image = g.node("LoadImage", (0, 0), {"image": PHOTO}, size=(300, 290))
+    image = g.node("LoadImage", (0, 0), {"image": PHOTO}, size=(250, 290))
     student = g.node("P2PZ_LoadStudent", (0, 0), {"student_name": "cat_to_dog-step005000.safetensors"},
-                     size=(300, 82))
+                     size=(250, 82))
     apply = g.node("P2PZ_ApplyStudent", (0, 0), size=(290, 50))
     g.link(student, 0, apply, "student")
     g.link(image, 0, apply, "image")
-    save = g.node("SaveImage", (0, 0), {"filename_prefix": "pix2pix-zero/student"}, size=(300, 300))
+    save = g.node("SaveImage", (0, 0), {"filename_prefix": "pix2pix-zero/student"}, size=(260, 300))
     g.link(apply, 0, save, "images")
     note = g.note("### pix2pix-zero fast student\n\nA student applies ONE edit (e.g. cat -> dog) in a single forward pass: "
            "milliseconds on a GPU, about 0.1 s at 512 px on a CPU, instead of a diffusion edit per image.\n\n"
@@ -445,28 +534,28 @@ def mmdit_photo(g, model, clip, vae, caption_then=None, size=1024):
     """The photo chain of the MMDiT examples: LoadImage -> 1024 x 1024 -> BLIP caption -> caption conditioning (then
     ``caption_then``, e.g. FluxGuidance); VAEEncode -> InvertLatent (28 steps); the cat -> dog direction from the same
     CLIP. ``model``, ``clip``, ``vae``: (node, output slot)."""
-    image = g.node("LoadImage", (0, 0), {"image": PHOTO}, size=(250, 250))
+    image = g.node("LoadImage", (0, 0), {"image": PHOTO}, size=(220, 250))
     scaled = g.node("ImageScale", (0, 0), {"upscale_method": "lanczos", "width": size, "height": size,
-                                          "crop": "center"}, size=(230, 130))
+                                          "crop": "center"}, size=(210, 130))
     g.link(image, 0, scaled, "image")
-    blip = g.node("P2PZ_BLIPCaption", (0, 0), {"blip_model": "blip-image-captioning-base"}, size=(250, 180))
+    blip = g.node("P2PZ_BLIPCaption", (0, 0), {"blip_model": "blip-image-captioning-base"}, size=(230, 180))
     g.link(scaled, 0, blip, "image")
-    caption = g.node("P2PZ_EncodeCaptions", (0, 0), size=(320, 50))
+    caption = g.node("P2PZ_EncodeCaptions", (0, 0), size=(230, 50))
     g.link(clip[0], clip[1], caption, "clip")
     g.link(blip, 0, caption, "captions")
     positive = caption
     if caption_then is not None:
         g.link(caption, 0, caption_then, "conditioning")
         positive = caption_then
-    latent = g.node("VAEEncode", (0, 0), size=(230, 50))
+    latent = g.node("VAEEncode", (0, 0), size=(210, 50))
     g.link(scaled, 0, latent, "pixels")
     g.link(vae[0], vae[1], latent, "vae")
-    invert = g.node("P2PZ_InvertLatent", (0, 0), {"steps": 28}, size=(320, 270))
+    invert = g.node("P2PZ_InvertLatent", (0, 0), {"steps": 28}, size=(250, 270))
     g.link(model[0], model[1], invert, "model")
     g.link(positive, 0, invert, "conditioning")
     g.link(latent, 0, invert, "latent")
     direction = g.node("P2PZ_BuildDirection", (0, 0), {"source": "cat", "target": "dog", "count": 1000},
-                       size=(250, 360))
+                       size=(240, 360))
     g.link(clip[0], clip[1], direction, "clip")
     return {"image": image, "scaled": scaled, "blip": blip, "caption": caption, "positive": positive,
             "latent": latent, "invert": invert, "direction": direction}
@@ -474,20 +563,20 @@ def mmdit_photo(g, model, clip, vae, caption_then=None, size=1024):
 
 def mmdit_edit(g, model, vae, positive, start, direction, cfg, prefix):
     """GuidedEdit (28 steps: the inversion's) -> VAEDecode -> SaveImage; the reconstruction -> PreviewImage."""
-    edit = g.node("P2PZ_GuidedEdit", (0, 0), {"steps": 28, "cfg": cfg, "lambda_xa": 0.1}, size=(390, 260))
+    edit = g.node("P2PZ_GuidedEdit", (0, 0), {"steps": 28, "cfg": cfg, "lambda_xa": 0.1}, size=(270, 260))
     g.link(model, 0, edit, "model")
     g.link(positive, 0, edit, "positive")
     g.link(start, 0, edit, "inverted_latent")
     g.link(direction, 0, edit, "direction")
-    decoded = g.node("VAEDecode", (0, 0), size=(240, 50))
+    decoded = g.node("VAEDecode", (0, 0), size=(230, 50))
     g.link(edit, 0, decoded, "samples")
     g.link(vae[0], vae[1], decoded, "vae")
-    save = g.node("SaveImage", (0, 0), {"filename_prefix": f"pix2pix-zero/{prefix}"}, size=(240, 180))
+    save = g.node("SaveImage", (0, 0), {"filename_prefix": f"pix2pix-zero/{prefix}"}, size=(200, 180))
     g.link(decoded, 0, save, "images")
-    recon = g.node("VAEDecode", (0, 0), size=(240, 50), title="VAE Decode (reconstruction)")
+    recon = g.node("VAEDecode", (0, 0), size=(230, 50), title="Decode (reconstruction)")
     g.link(edit, 1, recon, "samples")
     g.link(vae[0], vae[1], recon, "vae")
-    preview = g.node("PreviewImage", (0, 0), size=(240, 160), title="Reconstruction")
+    preview = g.node("PreviewImage", (0, 0), size=(200, 160), title="Reconstruction")
     g.link(recon, 0, preview, "images")
     return {"edit": edit, "decoded": decoded, "save": save, "recon": recon, "preview": preview}
 
@@ -503,25 +592,26 @@ def sd35_photo(defs, classes):
     note = g.note("## pix2pix-zero on SD 3.5 Medium (cat -> dog)\n\nInstall: `sd3.5_medium.safetensors` in "
                   "`models/checkpoints` (Stability AI's gated repository: accept the licence first); `clip_g`, "
                   "`clip_l`, `t5xxl_fp8_e4m3fn_scaled` in `models/text_encoders`. " + MMDIT_NOTE_END, (0, 0),
-                  size=(300, 180), title="Start here: SD 3.5 photo edit")
-    ckpt = g.node("CheckpointLoaderSimple", (0, 0), {"ckpt_name": SD35_MEDIUM["name"]}, size=(300, 100),
+                  size=(300, 262), title="Start here: SD 3.5 photo edit")
+    ckpt = g.node("CheckpointLoaderSimple", (0, 0), {"ckpt_name": SD35_MEDIUM["name"]}, size=(250, 100),
                   properties={"models": [SD35_MEDIUM]})
     clip = g.node("TripleCLIPLoader", (0, 0), {"clip_name1": CLIP_L["name"], "clip_name2": CLIP_G["name"],
-                                               "clip_name3": T5XXL_FP8["name"]}, size=(300, 106),
+                                               "clip_name3": T5XXL_FP8["name"]}, size=(250, 106),
                   properties={"models": [CLIP_L, CLIP_G, T5XXL_FP8]})
-    sampling = g.node("ModelSamplingSD3", (0, 0), {"shift": 3.0}, size=(300, 58))
+    sampling = g.node("ModelSamplingSD3", (0, 0), {"shift": 3.0}, size=(250, 58))
     g.link(ckpt, 0, sampling, "model")
-    options = g.node("P2PZ_MMDiTGuidanceOptions", (0, 0), size=(300, 106), title="Guided Edit Options")
+    options = g.node("P2PZ_MMDiTGuidanceOptions", (0, 0), size=(250, 106), title="Guided Edit Options")
     g.link(sampling, 0, options, "model")
     prep = mmdit_photo(g, (sampling, 0), (clip, 0), (ckpt, 2))
     out = mmdit_edit(g, options, (ckpt, 2), prep["positive"], prep["invert"], prep["direction"], 4.5,
                      "sd35_cat_to_dog")
-    x = column(0, 0, [note, ckpt, clip, sampling, options]) + GAP_X
-    top = [prep[k] for k in ("image", "scaled", "latent", "blip", "caption", "invert", "direction")]
-    columns(x, 0, [[prep["image"]], [prep["scaled"], prep["latent"]], [prep["blip"]],
-                   [prep["caption"], prep["invert"]], [prep["direction"]]])
-    columns(x, bottom(top) + 2 * GAP_Y, [[out["edit"]], [out["decoded"], out["recon"]],
-                                         [out["save"], out["preview"]]])
+    # Two rows, as photo_layout: the loaders and the photo's chain, then the inversion, the edit and the images.
+    top = [note, ckpt, clip, sampling, options] + [prep[k] for k in ("image", "scaled", "latent", "blip", "caption",
+                                                                     "direction")]
+    columns(0, 0, [[note, ckpt], [clip, sampling, options], [prep["image"]], [prep["scaled"], prep["latent"]],
+                   [prep["blip"], prep["caption"]], [prep["direction"]]])
+    columns(0, bottom(top) + GAP_Y, [[prep["invert"]], [out["edit"]], [out["decoded"], out["recon"]], [out["save"]],
+                                     [out["preview"]]])
     g.write(SD35_PHOTO, "SD 3.5 Medium: edit a photo")
 
 
@@ -533,30 +623,30 @@ def flux_photo(defs, classes):
                   "`t5xxl_fp8_e4m3fn_scaled`, `clip_l` in `models/text_encoders`; `ae` in `models/vae`. Runs at the "
                   "caption's FluxGuidance (cfg, negative ignored); block_stride 2 guides every other block. A 24 GB "
                   "GPU fits SD 3.5 Medium at 1024 px with the defaults (README: \"MMDiT models\").", (0, 0),
-                  size=(300, 160), title="Start here: Flux photo edit")
-    unet = g.node("UNETLoader", (0, 0), {"unet_name": FLUX_DEV_FP8["name"]}, size=(300, 82),
+                  size=(300, 200), title="Start here: Flux photo edit")
+    unet = g.node("UNETLoader", (0, 0), {"unet_name": FLUX_DEV_FP8["name"]}, size=(250, 82),
                   properties={"models": [FLUX_DEV_FP8]})
     clip = g.node("DualCLIPLoader", (0, 0), {"clip_name1": CLIP_L["name"], "clip_name2": T5XXL_FP8["name"],
-                                             "type": "flux"}, size=(300, 106),
+                                             "type": "flux"}, size=(250, 106),
                   properties={"models": [CLIP_L, T5XXL_FP8]})
-    vae = g.node("VAELoader", (0, 0), {"vae_name": FLUX_VAE["name"]}, size=(230, 58),
+    vae = g.node("VAELoader", (0, 0), {"vae_name": FLUX_VAE["name"]}, size=(220, 58),
                  properties={"models": [FLUX_VAE]})
-    sampling = g.node("ModelSamplingFlux", (0, 0), {"width": 1024, "height": 1024}, size=(300, 122))
+    sampling = g.node("ModelSamplingFlux", (0, 0), {"width": 1024, "height": 1024}, size=(250, 122))
     g.link(unet, 0, sampling, "model")
-    options = g.node("P2PZ_MMDiTGuidanceOptions", (0, 0), {"block_stride": 2}, size=(300, 106),
+    options = g.node("P2PZ_MMDiTGuidanceOptions", (0, 0), {"block_stride": 2}, size=(250, 106),
                      title="Guided Edit Options")
     g.link(sampling, 0, options, "model")
-    guidance = g.node("FluxGuidance", (0, 0), {"guidance": 3.5}, size=(250, 60))
+    guidance = g.node("FluxGuidance", (0, 0), {"guidance": 3.5}, size=(230, 60))
     prep = mmdit_photo(g, (sampling, 0), (clip, 0), (vae, 0), caption_then=guidance)
     out = mmdit_edit(g, options, (vae, 0), prep["positive"], prep["invert"], prep["direction"], 1.0,
                      "flux_cat_to_dog")
-    left = [note, unet, clip]
-    x = column(0, 0, left) + GAP_X
-    top = [prep[k] for k in ("image", "scaled", "latent", "blip", "caption", "invert", "direction")] + [vae, guidance]
-    columns(x, 0, [[prep["image"]], [prep["scaled"], vae, prep["latent"]], [prep["blip"], guidance],
-                   [prep["caption"], prep["invert"]], [prep["direction"]]])
-    columns(0, bottom(top + left) + 2 * GAP_Y, [[sampling, options], [out["edit"]], [out["decoded"], out["save"]],
-                                                [out["recon"], out["preview"]]])
+    # Two rows, as photo_layout: the loaders and the photo's chain, then the inversion, the edit and the images.
+    top = [note, unet, clip, vae, sampling, options, guidance] + [prep[k] for k in ("image", "scaled", "latent", "blip",
+                                                                                    "caption", "direction")]
+    columns(0, 0, [[note, clip], [unet, sampling, options], [prep["image"], vae], [prep["scaled"], prep["latent"]],
+                   [prep["blip"], prep["caption"], guidance], [prep["direction"]]])
+    columns(0, bottom(top) + GAP_Y, [[prep["invert"]], [out["edit"]], [out["decoded"], out["recon"]], [out["save"]],
+                                     [out["preview"]]])
     g.write(FLUX_PHOTO, "Flux-dev: edit a photo")
 
 
