@@ -158,14 +158,7 @@ def train_judge(out_dir, seed=0, reduced=False, minutes=None, world_seed=0, step
     total = cfg["steps"]
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg["lr"], total_steps=total, pct_start=0.1)
     ckpt_path = os.path.join(out_dir, "judge.ckpt")
-    state = loop.load_state(ckpt_path)
-    step = 0
-    if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        sched.load_state_dict(state["sched"])
-        step = state["step"]
-        loop.log(f"judge: resumed at step {step}")
+    step, _ = loop.resume(ckpt_path, "judge", model, opt, sched)
     deadline = loop.Deadline(minutes)
     bar = loop.Progress(total, step, "judge")
     t0, last_save = time.time(), time.time()

@@ -59,11 +59,25 @@ def atomic_save_json(obj, path):
 
 
 def load_state(path):
-    """The checkpoint at ``path`` or None."""
+    """The checkpoint at ``path`` or None (tensors, numbers, strings and containers only: weights_only)."""
     if not os.path.isfile(path):
         return None
     import torch
-    return torch.load(path, map_location="cpu", weights_only=False)
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def resume(path, name, model, opt, sched=None):
+    """Load the training state at ``path`` into model, optimizer (and scheduler); returns (step, state), (0, None)
+    when there is none."""
+    state = load_state(path)
+    if state is None:
+        return 0, None
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["opt"])
+    if sched is not None:
+        sched.load_state_dict(state["sched"])
+    log(f"{name}: resumed at step {state['step']}")
+    return state["step"], state
 
 
 class Progress:

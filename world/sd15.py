@@ -186,7 +186,7 @@ def caption_table(out_dir, cfg, te_seed, clip=None):
     tag = "all" if not cfg["templates"] else "t" + "-".join(map(str, templates))
     path = os.path.join(out_dir, "data", f"sd15-captions-te{te_seed}-{tag}.pt")
     if os.path.isfile(path):
-        return torch.load(path, map_location="cpu")
+        return torch.load(path, map_location="cpu", weights_only=True)
     caps = set()
     for combo in itertools.product(*render.ATTRIBUTES.values()):
         attrs = dict(zip(render.ATTRIBUTES, combo))
@@ -258,14 +258,9 @@ def train_sd15(out_dir, seed=0, reduced=False, minutes=None, world_seed=0, comfy
         return cfg["lr"] * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(p, 1.0))))
 
     ckpt_path = os.path.join(out_dir, "sd15.ckpt")
-    state = loop.load_state(ckpt_path)
-    step = 0
+    step, state = loop.resume(ckpt_path, "sd15", net, opt)
     if state is not None:
-        net.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
         ema = state["ema"]
-        step = state["step"]
-        loop.log(f"sd15: resumed at step {step}")
     ac = scaled_linear_alphas_cumprod().float()
     snr = ac / (1 - ac)
     weight = torch.clamp(snr, max=5.0) / snr  # min-SNR-5 for epsilon prediction

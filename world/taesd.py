@@ -172,14 +172,7 @@ def train_taesd(out_dir, seed=0, reduced=False, minutes=None, world_seed=0, late
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg["lr"], total_steps=total, pct_start=0.05)
     stem = os.path.splitext(_file_name(latent_format))[0]
     ckpt_path = os.path.join(out_dir, stem + ".ckpt")
-    state = loop.load_state(ckpt_path)
-    step = 0
-    if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        sched.load_state_dict(state["sched"])
-        step = state["step"]
-        loop.log(f"taesd: resumed at step {step}")
+    step, _ = loop.resume(ckpt_path, "taesd", model, opt, sched)
     deadline = loop.Deadline(minutes)
     bar = loop.Progress(total, step, "taesd")
     t0, last_save = time.time(), time.time()
