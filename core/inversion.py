@@ -66,6 +66,12 @@ def check_latent(latent: torch.Tensor, channels: Optional[int] = None, what: str
         raise ValueError(f"the {what} contains NaN or infinite values. Possible causes: {nan_causes}")
 
 
+def _iterations(fixed_point_iters) -> int:
+    if int(fixed_point_iters) != fixed_point_iters or fixed_point_iters < 0:
+        raise ValueError(f"fixed_point_iters must be a whole number >= 0, got {fixed_point_iters!r}")
+    return int(fixed_point_iters)
+
+
 def _regularization(lambda_ac, lambda_kl, num_reg_steps, num_ac_rolls, generator, shift_sampler) -> dict:
     """regularize_noise's keyword arguments, checked."""
     for name, value in (("num_reg_steps", num_reg_steps), ("num_ac_rolls", num_ac_rolls)):
@@ -91,6 +97,7 @@ def invert_latent(
     callback: Optional[StepCallback] = None,
     v_prediction: bool = False,
     v_conversion: str = V_CONVERSION_LEVEL,
+    fixed_point_iters: int = 0,
 ) -> torch.Tensor:
     """Invert a clean latent to the noise level schedule.levels[-1] and return that noisy latent.
 
@@ -101,23 +108,47 @@ def invert_latent(
     The references treat the clean latent as the DDIM sample x_t at level levels[0] (alpha_bar[0] in diffusers), so
     it enters sigma space as latent * sqrt(1 + levels[0]^2) (a factor 1.0004 for the default schedule).
     callback(step, x, eps) runs after every step.
+
+    fixed_point_iters: 0 is the references' first-order inversion: the noise is read at the latent being left
+    (x_k), which only approximates the regenerating step x_k = x_{k+1} + eps(x_{k+1}, s_{k+1}) (s_k - s_{k+1}) of a
+    deterministic sampler (ComfyUI's ddim/euler along regeneration_sigmas, and Guided Edit's reconstruction).
+    n > 0 then solves that step for x_{k+1} by n fixed-point iterations y <- x_k + eps(y, s_{k+1}) (s_{k+1} - s_k),
+    starting from the first-order result, with the noise regularized at every iterate before the step (as ReNoise,
+    Garibi et al. 2024, combines renoising with pix2pix-zero's regularizers). Each iteration is one more model call
+    per step. The iterate converges where the step times the model's sensitivity to its input is below 1, which a
+    trained denoiser's smooth field gives; bench/README.md ("Exact inversion") has the measured round trips.
+    The fixed-point noise is read at the level being solved for, s_{k+1} (the sampler's own evaluation), also for
+    the "authors" schedule, whose first-order step asks the UNet at another timestep. With n > 0 the clean latent
+    starts at level 0, where the regenerating sampler's last step lands, instead of the references' alpha_bar[0]
+    level (sigma 0.029 for SD): otherwise the round trip keeps an error of that sigma times the noise (about 0.03
+    of a unit latent) however well each step is solved. Guided Edit's reconstruction ends at the references'
+    level, so it keeps that small offset in both modes.
     v_prediction / v_conversion: for a v-prediction model, the level its output becomes noise at ("eval", the
     default, or "source" as diffusers' DDIMInverseScheduler; core.sigma_space.V_CONVERSION_LEVEL says why).
     """
     check_latent(latent)
     reg = _regularization(lambda_ac, lambda_kl, num_reg_steps, num_ac_rolls, generator, shift_sampler)
+    iterations = _iterations(fixed_point_iters)
     if v_conversion not in V_CONVERSIONS:
         raise ValueError(f"v_conversion must be one of {V_CONVERSIONS}, got {v_conversion!r}")
     levels = [float(s) for s in schedule.levels]
     eval_sigmas = [float(s) for s in schedule.eval_sigmas]
 
+    if iterations:
+        # the regenerating sampler's last step lands on sigma 0 (regeneration_sigmas), so its exact inverse starts
+        # there: the clean latent at level 0, not at the references' alpha_bar[0] level (see the docstring)
+        levels[0] = 0.0
     x = from_ddim(latent, levels[0])
     for step, sigma_eval in enumerate(eval_sigmas):
         sigma_from, sigma_to = levels[step], levels[step + 1]
         eps = predict_noise(denoise, x, sigma_from, sigma_eval, v_prediction=v_prediction,
                             v_conversion=v_conversion)
         eps = regularize_noise(eps, **reg)
-        x = ddim_step(x, eps, sigma_from, sigma_to)
+        y = ddim_step(x, eps, sigma_from, sigma_to)
+        for _ in range(iterations):
+            eps = regularize_noise(predict_noise(denoise, y, sigma_to, sigma_to, v_prediction=v_prediction), **reg)
+            y = ddim_step(x, eps, sigma_from, sigma_to)
+        x = y
         if callback is not None:
             callback(step, x, eps)
     return x
@@ -135,6 +166,7 @@ def invert_flow_latent(
     generator: Optional[torch.Generator] = None,
     shift_sampler: Optional[ShiftSampler] = None,
     callback: Optional[StepCallback] = None,
+    fixed_point_iters: int = 0,
 ) -> torch.Tensor:
     """Regularized inversion for a flow-matching model (ComfyUI CONST: SD 3.x, Flux): the Euler ODE run backwards.
 
@@ -146,9 +178,16 @@ def invert_flow_latent(
     inversion does, and steps with it (core.flow_space.flow_step; with no regularization exactly x + v (s' - s)).
     Returns x at levels[-1] (model units, before ComfyUI's LATENT scaling x / (1 - s)). callback(step, x, x0) runs
     after every step with the clean latent the regularized noise implies.
+
+    fixed_point_iters: 0 reads the velocity at the latent being left (x_k), the explicit, first-order inverse of
+    ComfyUI's Euler step x_k = x_{k+1} + v(x_{k+1}, s_{k+1}) (s_k - s_{k+1}). n > 0 solves that step for x_{k+1} by
+    n fixed-point iterations y <- x_k + v(y, s_{k+1}) (s_{k+1} - s_k) from the first-order result, the noise
+    regularized at every iterate (eps_hat = x_k + (1 - s_k) v(y, s_{k+1}), then flow_step): one more model call per
+    iteration and step (see invert_latent).
     """
     check_latent(latent)
     reg = _regularization(lambda_ac, lambda_kl, num_reg_steps, num_ac_rolls, generator, shift_sampler)
+    iterations = _iterations(fixed_point_iters)
     levels = [float(s) for s in levels]
     if len(levels) < 2 or levels[0] != 0.0 or levels[-1] >= 1.0 or any(b <= a for a, b in zip(levels, levels[1:])):
         raise ValueError(f"flow inversion levels must ascend from 0 to below 1, got {levels}")
@@ -157,8 +196,12 @@ def invert_flow_latent(
         sigma_from, sigma_to = levels[step], levels[step + 1]
         eps = noise_from_velocity(x, predict_velocity(denoise, x, sigma_to), sigma_from)
         eps = regularize_noise(eps, **reg)
+        y = flow_step(x, eps, sigma_from, sigma_to)
+        for _ in range(iterations):
+            eps = regularize_noise(noise_from_velocity(x, predict_velocity(denoise, y, sigma_to), sigma_from), **reg)
+            y = flow_step(x, eps, sigma_from, sigma_to)
         x0 = denoised_from_noise(x, eps, sigma_from)
-        x = flow_step(x, eps, sigma_from, sigma_to)
+        x = y
         if callback is not None:
             callback(step, x, x0)
     return x

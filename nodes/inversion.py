@@ -73,6 +73,9 @@ def _run_inversion(model, conditioning, samples, sampler, sigmas, steps, seed):
 
 
 FLOW_SCHEDULER = "simple"
+# Fixed-point iterations per inversion step (core.inversion.invert_latent): chosen from bench/bench_roundtrip.py
+# (bench/README.md, "Exact inversion").
+DEFAULT_FIXED_POINT_ITERS = 0
 
 
 class InvertLatent:
@@ -107,16 +110,24 @@ class InvertLatent:
                 "reg_steps": ("INT", {"default": 5, "min": 0, "max": 50, "tooltip": "Regularization iterations per inversion step (5). 0 gives plain DDIM inversion."}),
                 "ac_rolls": ("INT", {"default": 5, "min": 0, "max": 50, "tooltip": "Auto-correlation gradient steps (each with fresh random shifts) per iteration (5)."}),
                 "seed": SEED_INPUT,
-            }
+            },
+            # optional and last, so workflows and API prompts saved before it existed load unchanged (they get the
+            # default)
+            "optional": {
+                "fixed_point_iters": ("INT", {"default": DEFAULT_FIXED_POINT_ITERS, "min": 0, "max": 10, "tooltip": "0: the paper's first-order inversion (one model call per step), which only approximates the sampler's step. 1-3: solve each step exactly by fixed-point iterations (one more call per step each): the round trip gets about 10x closer per iteration on a smooth model. bench/README.md has the measurements."}),
+            },
         }
 
-    def invert(self, model, conditioning, latent, steps, schedule, lambda_ac, lambda_kl, reg_steps, ac_rolls, seed):
+    def invert(self, model, conditioning, latent, steps, schedule, lambda_ac, lambda_kl, reg_steps, ac_rolls, seed,
+               fixed_point_iters=None):
+        if fixed_point_iters is None:
+            fixed_point_iters = DEFAULT_FIXED_POINT_ITERS
         if isinstance(latent.get("samples"), torch.Tensor) and latent["samples"].ndim == 4:
             warn_if_large(latent["samples"], model, "Invert Latent")
         if is_flow_model(model):
             return self._invert_flow(model, conditioning, latent, steps, schedule, seed,
                                      dict(lambda_ac=lambda_ac, lambda_kl=lambda_kl, num_reg_steps=reg_steps,
-                                          num_ac_rolls=ac_rolls))
+                                          num_ac_rolls=ac_rolls, fixed_point_iters=fixed_point_iters))
         model_sampling = discrete_model_sampling(model, "inversion")
         samples = latent["samples"]
         channels = model.get_model_object("latent_format").latent_channels
@@ -125,13 +136,15 @@ class InvertLatent:
 
         inv_schedule = inversion_schedule(model_sampling.sigmas, steps, schedule)
         generator = torch.Generator(device="cpu").manual_seed(seed)
-        reg = dict(lambda_ac=lambda_ac, lambda_kl=lambda_kl, num_reg_steps=reg_steps, num_ac_rolls=ac_rolls)
+        reg = dict(lambda_ac=lambda_ac, lambda_kl=lambda_kl, num_reg_steps=reg_steps, num_ac_rolls=ac_rolls,
+                   fixed_point_iters=fixed_point_iters)
         inverted = _run_inversion(model, conditioning, samples, _inversion_sampler(inv_schedule, generator, reg),
                                   inv_schedule.levels, inv_schedule.steps, seed)
         check_inverted(inverted)
         out = latent.copy()
         out["samples"] = inverted.to(comfy.model_management.intermediate_device())
-        out[INVERSION_KEY] = dict(inv_schedule.to_dict(), shape=list(samples.shape), seed=seed)
+        out[INVERSION_KEY] = dict(inv_schedule.to_dict(), shape=list(samples.shape), seed=seed,
+                                  fixed_point_iters=fixed_point_iters)
         return (out, inv_schedule.regeneration_sigmas())
 
     def _invert_flow(self, model, conditioning, latent, steps, schedule, seed, reg):
@@ -156,7 +169,8 @@ class InvertLatent:
         out = latent.copy()
         out["samples"] = inverted.to(comfy.model_management.intermediate_device())
         out[INVERSION_KEY] = {"kind": FLOW_KIND, "scheduler": FLOW_SCHEDULER, "steps": steps,
-                              "levels": [float(s) for s in levels], "shape": list(samples.shape), "seed": seed}
+                              "levels": [float(s) for s in levels], "shape": list(samples.shape), "seed": seed,
+                              "fixed_point_iters": reg["fixed_point_iters"]}
         return (out, regeneration_sigmas(levels))
 
 

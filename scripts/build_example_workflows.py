@@ -300,6 +300,19 @@ def nodes2_rects(nodes):
             for (x, y), (w, h) in ((n["pos"], n["size"]) for n in nodes)]
 
 
+# Frontend 1.32's Nodes 2.0 (ComfyUI 0.3.75, its first, opt-in version) draws the same boxes 36 graph units higher
+# (its auto-scale leaves out the header it adds: 22 CSS px at scale 0.6) and each about 8 units taller, under the same
+# bars as 1.35; its notes grow to their text, which it sets larger (so the notes' texts are kept short enough for their
+# boxes). Measured from the browser test's boxes on both frontends (nodes2_boxes_*.json).
+NODES_2_132_SHIFT, NODES_2_132_TALLER = 36, 8
+
+
+def nodes2_132_rects(nodes):
+    """The DOM boxes of ``nodes`` in frontend 1.32's Nodes 2.0, in graph units (see NODES_2_132_SHIFT)."""
+    return [(a, b - NODES_2_132_SHIFT, c, d - NODES_2_132_SHIFT + NODES_2_132_TALLER)
+            for a, b, c, d in nodes2_rects(nodes)]
+
+
 def _fits(rects, scale, ox, oy, canvas=CANVAS, keep_clear=KEEP_CLEAR):
     x0, y0, x1, y1 = canvas
     for a, b, c, d in rects:
@@ -315,7 +328,7 @@ def framed_view(nodes):
     """``extra.ds``: the largest round scale (at most 1) at which every node fits CANVAS clear of KEEP_CLEAR in the
     classic renderer and NODES_2_CANVAS clear of NODES_2_KEEP_CLEAR in Nodes 2.0 (nodes2_rects), and the offset in
     the middle of those that fit."""
-    rects, rects2 = node_rects(nodes), nodes2_rects(nodes)
+    rects, rects2, rects132 = node_rects(nodes), nodes2_rects(nodes), nodes2_132_rects(nodes)
     bx0, by0 = min(r[0] for r in rects), min(r[1] for r in rects)  # the same corner in both renderers
     bx1, by1 = max(r[2] for r in rects2), max(r[3] for r in rects2)  # Nodes 2.0's boxes reach further
     x0, y0 = min(CANVAS[0], NODES_2_CANVAS[0]), min(CANVAS[1], NODES_2_CANVAS[1])
@@ -327,7 +340,8 @@ def framed_view(nodes):
                 for sx in range(math.ceil(x0 - bx0 * scale), math.floor(x1 - bx1 * scale) + 1, 2)
                 for sy in range(math.ceil(y0 - by0 * scale), math.floor(y1 - by1 * scale) + 1, 2)
                 for ox, oy in [(sx / scale, sy / scale)]
-                if _fits(rects, scale, ox, oy) and _fits(rects2, scale, ox, oy, NODES_2_CANVAS, NODES_2_KEEP_CLEAR)]
+                if _fits(rects, scale, ox, oy) and _fits(rects2, scale, ox, oy, NODES_2_CANVAS, NODES_2_KEEP_CLEAR)
+                and _fits(rects132, scale, ox, oy, NODES_2_CANVAS, NODES_2_KEEP_CLEAR)]
         if fits:
             mx, my = sum(f[0] for f in fits) / len(fits), sum(f[1] for f in fits) / len(fits)
             ox, oy = min(fits, key=lambda f: (f[0] - mx) ** 2 + (f[1] - my) ** 2)
@@ -353,10 +367,16 @@ def column(x, y, nodes, gap=GAP_Y):
     return x + max(n["size"][0] for n in nodes)
 
 
-def columns(x, y, cols, gap=GAP_X):
-    """Columns side by side from (x, y), left to right; returns the right edge of the last."""
-    for col in cols:
-        x = column(x, y, col) + gap
+# How far a top-row column under the workflow's name (left) or the Run bar (right) starts below the others: frontend
+# 1.32's Nodes 2.0 draws the layout NODES_2_132_SHIFT higher than 1.35 does, under the same bars.
+UNDER_BARS = 40
+
+
+def columns(x, y, cols, gap=GAP_X, drops=()):
+    """Columns side by side from (x, y), left to right; the columns whose indices are in ``drops`` start UNDER_BARS
+    lower. Returns the right edge of the last."""
+    for i, col in enumerate(cols):
+        x = column(x, y + (UNDER_BARS if i in drops else 0), col) + gap
     return x - gap
 
 
@@ -417,12 +437,14 @@ def edit_and_save(g, ckpt, caption, start, direction, lambda_xa=0.1, negative=No
 
 
 def photo_layout(note, ckpt, prep, direction, out):
-    """Two rows that read left to right, top then bottom, clear of the minimap's bottom-right corner: the note over
-    the checkpoint, the photo, the caption and inversion, the edit direction; under them the edit, its decoders and
-    the two images, each with room below for the picture Nodes 2.0 shows after a run."""
+    """Two rows that read left to right, top then bottom, clear of the minimap's bottom-right corner: the note, the
+    photo, its resizing and encoding over the checkpoint, the caption and inversion, the edit direction; under them
+    the edit, its decoders and the two images, each with room below for the picture Nodes 2.0 shows after a run.
+    The columns under the bars start lower (UNDER_BARS)."""
     top = [note, ckpt, direction] + list(prep.values())
-    columns(0, 0, [[note, ckpt], [prep["image"]], [prep["scaled"], prep["latent"]], [prep["blip"], prep["show"]],
-                   [prep["caption"], prep["invert"]], [direction]])
+    ckpt["size"][0] = prep["scaled"]["size"][0]  # as wide as its column
+    columns(0, 0, [[note], [prep["image"]], [prep["scaled"], prep["latent"], ckpt], [prep["blip"], prep["show"]],
+                   [prep["caption"], prep["invert"]], [direction]], drops=(0, 1, 4, 5))
     columns(0, bottom(top) + GAP_Y, [[out["edit"]], [out["decoded"], out["recon"]], [out["save"]], [out["preview"]]])
 
 
@@ -621,8 +643,8 @@ def flux_photo(defs, classes):
     g = Graph(defs, classes)
     note = g.note("## pix2pix-zero on Flux-dev (cat -> dog)\n\n`flux1-dev-fp8` in `models/diffusion_models`; "
                   "`t5xxl_fp8_e4m3fn_scaled`, `clip_l` in `models/text_encoders`; `ae` in `models/vae`. Runs at the "
-                  "caption's FluxGuidance (cfg, negative ignored); block_stride 2 guides every other block. A 24 GB "
-                  "GPU fits SD 3.5 Medium at 1024 px with the defaults (README: \"MMDiT models\").", (0, 0),
+                  "caption's FluxGuidance (cfg, negative ignored); block_stride 2 guides every other "
+                  "block.", (0, 0),
                   size=(300, 200), title="Start here: Flux photo edit")
     unet = g.node("UNETLoader", (0, 0), {"unet_name": FLUX_DEV_FP8["name"]}, size=(250, 82),
                   properties={"models": [FLUX_DEV_FP8]})

@@ -117,6 +117,37 @@ def tiny_sd15(seed=0):
     return patcher, clip, vae
 
 
+def smooth_sd15(v_prediction=False):
+    """Tiny objects whose UNet responds smoothly to its input, like a trained denoiser (random networks are too
+    input-sensitive for DDIM inversion to be exact; see scripts/diffusers_tiny.py). The UNet sees
+    0.001 * x + a fixed pattern: scaling conv_in alone would be undone by GroupNorm (one channel per group here).
+    Done with a unet wrapper on a clone, the same mechanism other packs' patches use."""
+    import torch
+    model, clip, vae = tiny_sd15(seed=3)
+    unet = model.model.diffusion_model
+    with torch.no_grad():
+        unet.out[-1].weight.mul_(3.0)  # unit-like noise predictions
+        unet.out[-1].bias.mul_(3.0)
+    pattern = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(5))
+    model = model.clone()
+    if v_prediction:
+        model = call_node("ModelSamplingDiscrete", model=model, sampling="v_prediction", zsnr=False)[0]
+    sampling = model.get_model_object("model_sampling")
+
+    def smooth(apply_model, args):
+        # apply_model maps (x, sigma) -> denoised, x in sigma space. Give the UNet the damped input, then express
+        # the result for the caller's x: calculate_denoised is affine in its input with the same model output.
+        x, sigma = args["input"], args["timestep"]
+        scale = (sigma.view(-1, 1, 1, 1) ** 2 + 1) ** 0.5
+        x_damped = (0.001 * x / scale + pattern) * scale
+        zero = torch.zeros_like(x)
+        return (apply_model(x_damped, sigma, **args["c"]) - sampling.calculate_denoised(sigma, zero, x_damped)
+                + sampling.calculate_denoised(sigma, zero, x))
+
+    model.set_model_unet_function_wrapper(smooth)
+    return model, clip, vae
+
+
 def _seeded_state_dict(factory, seed):
     import torch
     with torch.random.fork_rng(devices=[]):

@@ -241,7 +241,6 @@ def _open_file(browser, path):
     return browser.alerts[before:]
 
 
-NODES_2_FRAMED_FROM = (1, 35)  # the examples are framed in Nodes 2.0 as frontend 1.35 draws it (see _check_framed_nodes2)
 NODES_2_FROM = (1, 32)  # "Modern Node Design (Nodes 2.0)" is offered from frontend 1.32 (1.27 has a hidden experiment)
 RENDERERS = ["classic", "nodes2"]
 # Frontend 1.35 opens a workflow without extra.workflowRendererVersion "Vue" in Nodes 2.0 through
@@ -324,11 +323,6 @@ def _check_framed_nodes2(browser, path, where, screenshot, boxes_name=None, head
     problems += [f"{n['title']}: its image at {[round(v) for v in i]} spills out of the node" for n in nodes
                  for i in n["images"] if not (n["rect"][0] <= i[0] and n["rect"][1] <= i[1] and i[2] <= n["rect"][2]
                                               and i[3] <= n["rect"][3])]
-    if problems and _frontend_version(browser.page) < NODES_2_FRAMED_FROM:
-        # Known gap: the examples are laid out for Nodes 2.0 as frontend 1.35 (ComfyUI 0.8.0) draws it; 1.32's first
-        # Nodes 2.0 (ComfyUI 0.3.75, opt-in, announced as new) draws taller notes and a breadcrumb bar over the top
-        # row, so some boxes overlap there. Everything else above is still checked on 1.32.
-        pytest.xfail(f"{where} in frontend 1.32's Nodes 2.0 is not framed (known): {problems}")
     assert not problems, f"{where} in Nodes 2.0 (screenshot {screenshot}): {problems}"
     return report
 
