@@ -1,7 +1,9 @@
 """Train the world's models: ``python -m world.train --out DIR --seed 0 [--part vae|judge|sd15|all] [--minutes N]
 [--reduced] [--comfyui PATH]``.
 
-Parts (in the order ``all`` runs them): ``judge`` (renders only), ``vae`` (TAESD layout, renders only), ``sd15``
+Parts (in the order ``all`` runs them): ``judge`` (renders only), ``vae`` (TAESD layout, renders only),
+``vae_refine`` (the decoder alone at full resolution, encoder fixed), ``vae_refine_all`` (encoder and decoder, every
+block), ``sd15``
 (needs ComfyUI: $COMFYUI_PATH or --comfyui; uses the VAE). Every part is resumable: run the same command again and
 it continues from its last checkpoint in DIR; a finished part is skipped. ``--minutes`` caps each part's wall time
 (the part then saves, exports what it has, and a later run continues). ``--reduced``: the CI-sized world.
@@ -15,7 +17,7 @@ import os
 import sys
 import time
 
-PARTS = ("judge", "vae", "sd15")
+PARTS = ("judge", "vae", "vae_refine", "vae_refine_all", "sd15")
 
 
 def main(argv=None):
@@ -40,7 +42,8 @@ def main(argv=None):
     os.makedirs(out, exist_ok=True)
     parts = PARTS if args.part == "all" else (args.part,)
     from . import loop
-    reports = {"judge": "judge.json", "vae": "taesd.json", "sd15": os.path.join("checkpoints", "world-sd15.json")}
+    reports = {"judge": "judge.json", "vae": "taesd.json", "vae_refine": "taesd-refine.json",
+               "vae_refine_all": "taesd-refine-all.json", "sd15": os.path.join("checkpoints", "world-sd15.json")}
     for part in parts:
         t0 = time.time()
         done = _finished(os.path.join(out, reports[part]))
@@ -56,6 +59,10 @@ def main(argv=None):
             from .taesd import train_taesd
             train_taesd(out, seed=args.seed, reduced=args.reduced, minutes=args.minutes, world_seed=args.world_seed,
                         steps=args.steps)
+        elif part in ("vae_refine", "vae_refine_all"):
+            from .taesd import refine_taesd
+            refine_taesd(out, seed=args.seed, reduced=args.reduced, minutes=args.minutes, world_seed=args.world_seed,
+                         steps=args.steps, stage="decoder" if part == "vae_refine" else "all")
         elif part == "sd15":
             from .sd15 import train_sd15
             train_sd15(out, seed=args.seed, reduced=args.reduced, minutes=args.minutes, world_seed=args.world_seed,
