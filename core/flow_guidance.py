@@ -27,7 +27,8 @@ from dataclasses import dataclass
 import torch
 
 from .attention import AttentionMaps
-from .flow_space import denoised_from_velocity, euler_step, flow_sgd_step_size, velocity_from_denoised
+from .flow_space import flow_sgd_step_size
+from .ode import denoised_from_slope, euler_step, slope_from_denoised
 from .guidance import CAPTION, EDITED, NEGATIVE, BranchDenoiser
 
 # callback(step, x_edit, x_ref, x0_edit, losses) after every step (latents at sigmas[step + 1]; x0_edit: the edit's
@@ -60,10 +61,10 @@ class _FlowEditor:
         self.grad_context = grad_context
 
     def _velocity(self, x, denoised, positive, sigma):
-        v_pos = velocity_from_denoised(x, denoised[positive], sigma)
+        v_pos = slope_from_denoised(x, denoised[positive], sigma)
         if not self.use_cfg:
             return v_pos
-        v_neg = velocity_from_denoised(x, denoised[NEGATIVE], sigma) if NEGATIVE in denoised else v_pos
+        v_neg = slope_from_denoised(x, denoised[NEGATIVE], sigma) if NEGATIVE in denoised else v_pos
         return v_neg + self.cfg * (v_pos - v_neg)
 
     def reference_step(self, x, sigma, sigma_next, record):
@@ -104,7 +105,7 @@ class _FlowEditor:
         with torch.no_grad():
             denoised = self.denoise(branches, sigma)
         v = self._velocity(x, denoised, EDITED, sigma)
-        return euler_step(x, v, sigma, sigma_next), denoised_from_velocity(x, v, sigma), losses
+        return euler_step(x, v, sigma, sigma_next), denoised_from_slope(x, v, sigma), losses
 
 
 def flow_guided_edit(

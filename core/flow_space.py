@@ -3,8 +3,9 @@ one place. Plain torch: nothing here imports ComfyUI.
 
 A flow model's latent at level s in [0, 1] is x = (1 - s) x0 + s eps. ComfyUI's denoiser returns
 denoised = x - s * v, v the velocity the network predicts (v = eps - x0 along the straight path), so:
-- the velocity is v = (x - denoised) / s (``velocity_from_denoised``), at the level s the model was asked at;
-- ComfyUI's Euler step is x <- x + v * (s_next - s).
+- the velocity is v = (x - denoised) / s, at the level s the model was asked at;
+- ComfyUI's Euler step is x <- x + v * (s_next - s);
+  both are core.ode's slope_from_denoised and euler_step (the same formulas as DDIM's noise and step).
 
 The identity this pack uses to regularize noise (``noise_from_velocity``): the model's velocity at x, split at the
 latent's own level s into a clean part and a noise part with x = (1 - s) x0_hat + s eps_hat and v = eps_hat - x0_hat:
@@ -26,29 +27,22 @@ so the inversion stops at the highest level below 1.
 """
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
+
+from .ode import Denoiser, slope_from_denoised
 
 __all__ = [
     "denoised_from_noise",
-    "denoised_from_velocity",
-    "euler_step",
     "flow_levels",
     "flow_sgd_step_size",
     "flow_step",
     "noise_from_velocity",
     "predict_velocity",
-    "velocity_from_denoised",
     "velocity_from_noise",
 ]
 
-Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def velocity_from_denoised(x: torch.Tensor, denoised: torch.Tensor, sigma: float) -> torch.Tensor:
-    """The model's velocity from ComfyUI's denoised output at level sigma > 0 (CONST: denoised = x - sigma v)."""
-    return (x - denoised) / sigma
 
 
 def noise_from_velocity(x: torch.Tensor, velocity: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -78,7 +72,7 @@ def predict_velocity(denoise: Denoiser, x: torch.Tensor, sigma_eval: float) -> t
     is restated: the inversion asks at the next level (the level the regenerating Euler step evaluates at, where
     the level-0 start gives no velocity through a denoiser)."""
     sigma = x.new_full((x.shape[0],), float(sigma_eval))
-    return velocity_from_denoised(x, denoise(x, sigma), sigma_eval)
+    return slope_from_denoised(x, denoise(x, sigma), sigma_eval)
 
 
 def flow_levels(scheduler_sigmas: torch.Tensor, steps: int) -> torch.Tensor:
@@ -98,9 +92,6 @@ def flow_levels(scheduler_sigmas: torch.Tensor, steps: int) -> torch.Tensor:
 
 
 
-def euler_step(x: torch.Tensor, velocity: torch.Tensor, sigma: float, sigma_next: float) -> torch.Tensor:
-    """ComfyUI's Euler step for a flow model (sampler "euler" with CONST sampling): x + v (sigma_next - sigma)."""
-    return x + velocity * (sigma_next - sigma)
 
 
 def flow_sgd_step_size(lambda_xa: float, sigma: float) -> float:
@@ -115,7 +106,3 @@ def flow_sgd_step_size(lambda_xa: float, sigma: float) -> float:
     return float(lambda_xa) * ((1.0 - sigma) ** 2 + sigma ** 2)
 
 
-def denoised_from_velocity(x: torch.Tensor, velocity: torch.Tensor, sigma: float) -> torch.Tensor:
-    """ComfyUI's denoised latent for velocity v at level sigma (CONST): x - sigma v. The inverse of
-    velocity_from_denoised."""
-    return x - sigma * velocity

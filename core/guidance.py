@@ -38,7 +38,8 @@ import torch
 
 from .attention import AttentionMaps
 from .schedule import inversion_schedule
-from .sigma_space import ddim_step, eps_from_denoised, restate, sgd_step_size, to_ddim
+from .ode import euler_step, slope_from_denoised
+from .sigma_space import restate, sgd_step_size, to_ddim
 
 __all__ = [
     "CAPTION",
@@ -125,14 +126,14 @@ class GuidedEditor:
                 denoised = self.denoise(branches, sigma)
         finally:
             self.maps.off()
-        eps_c = eps_from_denoised(x, denoised[CAPTION], sigma)
+        eps_c = slope_from_denoised(x, denoised[CAPTION], sigma)
         if self.use_cfg:
-            eps_u = eps_from_denoised(x, denoised[NEGATIVE], sigma) if NEGATIVE in denoised else eps_c
+            eps_u = slope_from_denoised(x, denoised[NEGATIVE], sigma) if NEGATIVE in denoised else eps_c
             eps = eps_u + self.cfg * (eps_c - eps_u)
             self._reference_negative = (x, sigma, eps_u)
         else:
             eps = eps_c
-        return ddim_step(x, eps, sigma, sigma_next), eps
+        return euler_step(x, eps, sigma, sigma_next), eps
 
     # -- the edit -----------------------------------------------------------------------------------------------
     def _guided_branches(self):
@@ -214,16 +215,16 @@ class GuidedEditor:
             branches = {EDITED: guided}
         with torch.no_grad():
             denoised = self.denoise(branches, sigma)
-        eps_c = eps_from_denoised(guided, denoised[EDITED], sigma)
+        eps_c = slope_from_denoised(guided, denoised[EDITED], sigma)
         if self.use_cfg:
             if eps_u is None:
-                eps_u = eps_from_denoised(x_neg, denoised[NEGATIVE], sigma)
+                eps_u = slope_from_denoised(x_neg, denoised[NEGATIVE], sigma)
             eps = eps_u + self.cfg * (eps_c - eps_u)
         else:
             eps = eps_c
         # the references carry x_in.chunk(2)[0]: the negative copy with CFG, the edited copy without
         carried = x_neg if self.mode == "references" else guided
-        return ddim_step(carried, eps, sigma, sigma_next), eps, losses
+        return euler_step(carried, eps, sigma, sigma_next), eps, losses
 
 
 def guided_edit(

@@ -15,7 +15,8 @@ import torch
 from .regularization import ShiftSampler, regularize_noise
 from .schedule import InversionSchedule
 from .flow_space import denoised_from_noise, flow_step, noise_from_velocity, predict_velocity
-from .sigma_space import V_CONVERSION_LEVEL, V_CONVERSIONS, ddim_step, from_ddim, predict_noise
+from .ode import Denoiser, euler_step
+from .sigma_space import V_CONVERSION_LEVEL, V_CONVERSIONS, from_ddim, predict_noise
 
 # The smallest latent side the pack inverts and edits (16 px images; tests/test_host_newcomer.py runs every size
 # from there to 64 px). The regularization is finite down to 1x1 (core.regularization's notes); a 1 px latent
@@ -26,7 +27,6 @@ __all__ = ["Denoiser", "ENCODE_NAN_CAUSES", "INVERSION_NAN_CAUSES", "INVERSION_R
            "check_inverted",
            "check_latent", "predict_noise", "invert_flow_latent", "invert_latent"]
 
-Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 StepCallback = Callable[[int, torch.Tensor, torch.Tensor], None]
 
 
@@ -144,10 +144,10 @@ def invert_latent(
         eps = predict_noise(denoise, x, sigma_from, sigma_eval, v_prediction=v_prediction,
                             v_conversion=v_conversion)
         eps = regularize_noise(eps, **reg)
-        y = ddim_step(x, eps, sigma_from, sigma_to)
+        y = euler_step(x, eps, sigma_from, sigma_to)
         for _ in range(iterations):
             eps = regularize_noise(predict_noise(denoise, y, sigma_to, sigma_to, v_prediction=v_prediction), **reg)
-            y = ddim_step(x, eps, sigma_from, sigma_to)
+            y = euler_step(x, eps, sigma_from, sigma_to)
         x = y
         if callback is not None:
             callback(step, x, eps)

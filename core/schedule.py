@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["FLOW_KIND", "SCHEDULES", "InversionSchedule", "inversion_schedule", "regeneration_sigmas", "restore_schedule",
+__all__ = ["FLOW_KIND", "SCHEDULES", "FlowSchedule", "InversionSchedule", "inversion_schedule", "regeneration_sigmas", "restore_schedule",
            "sigmas_from_alphas_cumprod"]
 
 SCHEDULES = ("diffusers", "authors")
@@ -102,6 +102,46 @@ class InversionSchedule:
                 f"{len(levels)} levels): invert the image again and pass its latent on unchanged"
             )
         return cls(name=name, levels=levels, eval_sigmas=eval_sigmas, timesteps=timesteps)
+
+
+@dataclass(frozen=True)
+class FlowSchedule:
+    """The levels a flow inversion walked (SD 3.x, Flux: core.flow_space.flow_levels, ascending from 0 to below 1) and
+    the ComfyUI scheduler they came from: the flow path's record, as InversionSchedule is DDIM's."""
+
+    levels: torch.Tensor
+    scheduler: str
+
+    @property
+    def steps(self) -> int:
+        return len(self.levels) - 1
+
+    def regeneration_sigmas(self) -> torch.Tensor:
+        return regeneration_sigmas(self.levels)
+
+    def to_dict(self) -> dict:
+        return {"kind": FLOW_KIND, "scheduler": self.scheduler, "steps": self.steps,
+                "levels": [float(s) for s in self.levels]}
+
+    @classmethod
+    def from_dict(cls, info) -> "FlowSchedule":
+        """The record a flow-inverted LATENT carries (to_dict's output, possibly with extra keys), checked."""
+        if not hasattr(info, "get") or info.get("kind") != FLOW_KIND:
+            raise ValueError(
+                "this is a flow-matching model (SD 3.x, Flux): the guided edit needs the inverted_latent output of "
+                "Invert Latent run with this model, which carries the flow inversion's sigmas"
+                + ("" if info is None else " (this latent carries a DDIM inversion record: another model)"))
+        try:
+            levels = torch.tensor([float(s) for s in info["levels"]], dtype=torch.float32)
+            steps, scheduler = int(info["steps"]), str(info["scheduler"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"the latent's inversion record is damaged ({type(e).__name__}: {e}): invert the image "
+                             "again with P2PZ_InvertLatent and pass its latent on unchanged") from e
+        if len(levels) != steps + 1 or steps < 1 or float(levels[0]) != 0.0 or float(levels[-1]) >= 1.0 or \
+                not bool((levels[1:] > levels[:-1]).all()):
+            raise ValueError(f"the latent's inversion record is inconsistent ({steps} steps, {len(levels)} levels): "
+                             "invert the image again and pass its latent on unchanged")
+        return cls(levels=levels, scheduler=scheduler)
 
 
 def regeneration_sigmas(levels: torch.Tensor) -> torch.Tensor:

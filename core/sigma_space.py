@@ -5,6 +5,7 @@ so x = x_t * sqrt(1 + sigma^2). Its models are denoisers `denoise(x, sigma) -> d
 x / sqrt(1 + sigma^2) (the DDIM sample x_t) and the training timestep of sigma. In that space:
 - the predicted noise is eps = (x - denoised) / sigma, for eps- and v-prediction models alike;
 - the deterministic DDIM step (eta 0) is the Euler step x <- x + eps * (sigma_next - sigma);
+  both are core.ode's slope_from_denoised and euler_step (the same formulas as the flow path's velocity and step);
 - a gradient step of size lambda on x_t is a step of lambda * (1 + sigma^2) on x;
 - DDIM's start noise x_T = noise is noise * sqrt(1 + sigma_T^2).
 
@@ -16,17 +17,14 @@ Model units vs VAE-latent units: every x here is in the model's units (ComfyUI's
 """
 from __future__ import annotations
 
-from typing import Callable
-
 import torch
+
+from .ode import Denoiser, slope_from_denoised
 
 __all__ = [
     "V_CONVERSIONS",
     "V_CONVERSION_LEVEL",
     "ddim_scale",
-    "ddim_step",
-    "denoised_from_eps",
-    "eps_from_denoised",
     "from_ddim",
     "predict_noise",
     "restate",
@@ -35,7 +33,6 @@ __all__ = [
     "to_ddim",
 ]
 
-Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 # Which level a v-prediction output is turned into noise at when the UNet is asked at a timestep other than the
 # latent's level (inversion does: the latent at level s, the UNet at the timestep t of the next level). This is the
@@ -74,21 +71,6 @@ def restate(x: torch.Tensor, sigma_from: float, sigma_to: float) -> torch.Tensor
     return x * (ddim_scale(sigma_to) / ddim_scale(sigma_from))
 
 
-def eps_from_denoised(x: torch.Tensor, denoised: torch.Tensor, sigma: float) -> torch.Tensor:
-    """The model's predicted noise from its denoised output at level sigma (eps and v models alike)."""
-    return (x - denoised) / sigma
-
-
-def denoised_from_eps(x: torch.Tensor, eps: torch.Tensor, sigma: float) -> torch.Tensor:
-    """The clean-latent prediction of x at level sigma given its noise (for previews)."""
-    return x - eps * sigma
-
-
-def ddim_step(x: torch.Tensor, eps: torch.Tensor, sigma: float, sigma_next: float) -> torch.Tensor:
-    """Deterministic DDIM (eta 0) from level sigma to sigma_next, up (inversion) or down (sampling)."""
-    return x + eps * (sigma_next - sigma)
-
-
 def sgd_step_size(lambda_: float, sigma: float) -> float:
     """The references take x_t <- x_t - lambda * dL/dx_t. With x = x_t * c (c = sqrt(1 + sigma^2)), dL/dx_t = c dL/dx
     and x' = c x_t', so the same step on x is x <- x - lambda * c^2 * dL/dx."""
@@ -124,7 +106,7 @@ def predict_noise(
         raise ValueError(f"v_conversion must be one of {V_CONVERSIONS}, got {v_conversion!r}")
     x_in = restate(x, sigma_from, sigma_eval)
     sigma = x.new_full((x.shape[0],), float(sigma_eval))
-    eps = eps_from_denoised(x_in, denoise(x_in, sigma), sigma_eval)
+    eps = slope_from_denoised(x_in, denoise(x_in, sigma), sigma_eval)
     if not v_prediction or v_conversion == "eval" or float(sigma_from) == float(sigma_eval):
         return eps
     # a = 1 / sqrt(1 + sigma^2), b = sigma / sqrt(1 + sigma^2); the UNet saw x_t = x / sqrt(1 + sigma_from^2).

@@ -32,7 +32,8 @@ from ..core.inference_weights import normal_tensor_weights
 from ..core.guidance import CAPTION, EDITED, GUIDANCE_MODES, NEGATIVE, generation_sigmas, guided_edit
 from ..core.inversion import INVERSION_NAN_CAUSES, check_latent
 from ..core.schedule import restore_schedule
-from ..core.sigma_space import denoised_from_eps, restate
+from ..core.ode import denoised_from_slope
+from ..core.sigma_space import restate
 from .common import (CATEGORY, DIRECTION_TYPE, INVERSION_KEY, check_conditioning_batch, discrete_model_sampling,
                      is_flow_model, log_map_loss, warn_if_large)
 
@@ -302,7 +303,7 @@ def _guided_sampler(run, settings, start_level, results):
             comfy.model_management.throw_exception_if_processing_interrupted()
             log_map_loss(step, len(levels) - 1, losses)
             if callback is not None:
-                x0 = denoised_from_eps(x_edit, eps, levels[step + 1])  # the edit's clean-latent guess, for the preview
+                x0 = denoised_from_slope(x_edit, eps, levels[step + 1])  # the edit's clean-latent guess, for the preview
                 callback({"i": step, "x": x_edit, "denoised": x0, "sigma": sigmas[step], "sigma_hat": sigmas[step]})
 
         comfy.model_management.throw_exception_if_processing_interrupted()

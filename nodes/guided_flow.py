@@ -34,7 +34,7 @@ from ..core.guidance import CAPTION, EDITED, NEGATIVE
 from ..core.inference_weights import normal_tensor_weights
 from ..core.inversion import INVERSION_NAN_CAUSES, check_latent
 from ..core.joint_attention import apply_rope, explicit_joint_attention, token_slices
-from ..core.schedule import FLOW_KIND, regeneration_sigmas
+from ..core.schedule import FlowSchedule
 from .common import CATEGORY, INVERSION_KEY, check_conditioning_batch, flow_model_sampling, log_map_loss
 
 OVERRIDE_KEY = "optimized_attention_override"
@@ -329,13 +329,10 @@ def _flow_sampler(run, settings, results):
 
 def _flow_sigmas(latent):
     info = latent.get(INVERSION_KEY)
-    if info is None or not hasattr(info, "get") or info.get("kind") != FLOW_KIND:
-        raise ValueError("this is a flow-matching model (SD 3.x, Flux): the guided edit needs the inverted_latent "
-                         "output of Invert Latent run with this model, which carries the flow inversion's sigmas"
-                         + ("" if info is None else " (this latent carries a DDIM inversion record: another model)"))
+    record = FlowSchedule.from_dict(info)
     if list(latent["samples"].shape) != list(info.get("shape", latent["samples"].shape)):
         raise ValueError("the inverted latent's size changed since its inversion: invert the latent again")
-    return regeneration_sigmas(torch.tensor(info["levels"], dtype=torch.float32)), int(info["steps"])
+    return record.regeneration_sigmas(), record.steps
 
 
 def flow_guided_edit_node(model, positive, inverted_latent, steps, cfg, lambda_xa, guidance, negative=None,

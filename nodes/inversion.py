@@ -9,8 +9,9 @@ import latent_preview
 from ..core import SCHEDULES, check_latent, invert_flow_latent, invert_latent, inversion_schedule
 from ..core.flow_space import flow_levels
 from ..core.inversion import MIN_LATENT, check_inverted
-from ..core.schedule import FLOW_KIND, regeneration_sigmas
-from ..core.sigma_space import denoised_from_eps, start_noise
+from ..core.schedule import FlowSchedule
+from ..core.ode import denoised_from_slope
+from ..core.sigma_space import start_noise
 from .common import (CATEGORY, INVERSION_KEY, SEED_INPUT, check_conditioning_batch, discrete_model_sampling,
                      flow_model_sampling, is_flow_model, warn_if_large)
 from .guided import with_fast_attention
@@ -43,7 +44,7 @@ def _inversion_sampler(schedule, generator, reg):
     """The DDIM inversion as a SAMPLER; its steps report the predicted noise."""
     return _core_sampler(
         lambda denoise, x, on_step: invert_latent(denoise, x, schedule, generator=generator, callback=on_step, **reg),
-        lambda step, x, eps: denoised_from_eps(x, eps, float(schedule.levels[step + 1])))
+        lambda step, x, eps: denoised_from_slope(x, eps, float(schedule.levels[step + 1])))
 
 
 def _flow_inversion_sampler(levels, generator, reg):
@@ -168,10 +169,10 @@ class InvertLatent:
         check_inverted(inverted)
         out = latent.copy()
         out["samples"] = inverted.to(comfy.model_management.intermediate_device())
-        out[INVERSION_KEY] = {"kind": FLOW_KIND, "scheduler": FLOW_SCHEDULER, "steps": steps,
-                              "levels": [float(s) for s in levels], "shape": list(samples.shape), "seed": seed,
-                              "fixed_point_iters": reg["fixed_point_iters"]}
-        return (out, regeneration_sigmas(levels))
+        record = FlowSchedule(levels, FLOW_SCHEDULER)
+        out[INVERSION_KEY] = dict(record.to_dict(), shape=list(samples.shape), seed=seed,
+                                  fixed_point_iters=reg["fixed_point_iters"])
+        return (out, record.regeneration_sigmas())
 
 
 class NoiseLatent:

@@ -61,3 +61,20 @@ def test_flow_levels_drop_pure_noise_and_ascend():
         flow_levels(torch.tensor([0.5, 0.6, 0.0]), 1)
     with pytest.raises(ValueError, match="ascend from 0 to below 1"):
         invert_flow_latent(lambda x, s: x, torch.zeros(1, 4, 8, 8), torch.tensor([0.0, 1.0]))
+
+
+def test_flow_record_round_trips_and_bad_records_are_named():
+    """core.schedule.FlowSchedule: the flow path's LATENT record, written by Invert Latent and read by Guided Edit."""
+    from core.schedule import FlowSchedule
+
+    levels = flow_levels(torch.tensor([1.0, 0.8, 0.5, 0.2, 0.0]), 3)
+    record = FlowSchedule(levels, "simple")
+    back = FlowSchedule.from_dict(dict(record.to_dict(), shape=[1, 16, 8, 8], seed=0))
+    assert torch.equal(back.levels, levels) and back.steps == 3 and back.scheduler == "simple"
+    assert torch.equal(back.regeneration_sigmas(), torch.tensor([0.8, 0.5, 0.2, 0.0]))
+    with pytest.raises(ValueError, match="DDIM inversion record"):
+        FlowSchedule.from_dict({"schedule": "diffusers", "levels": [0.0, 1.0]})
+    with pytest.raises(ValueError, match="damaged"):
+        FlowSchedule.from_dict({"kind": "flow", "steps": 3, "scheduler": "simple"})
+    with pytest.raises(ValueError, match="inconsistent"):
+        FlowSchedule.from_dict(dict(record.to_dict(), steps=4))

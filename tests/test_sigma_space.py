@@ -5,9 +5,8 @@ import torch
 from diffusers import DDIMInverseScheduler, DDIMScheduler
 
 from core import inversion_schedule, restore_schedule, sigmas_from_alphas_cumprod
+from core.ode import euler_step, slope_from_denoised
 from core.sigma_space import (
-    ddim_step,
-    eps_from_denoised,
     from_ddim,
     predict_noise,
     sgd_step_size,
@@ -23,7 +22,7 @@ def _sigma(alpha_bar):
     return float(((1 - alpha_bar) / alpha_bar) ** 0.5)
 
 
-def test_sampling_step_is_diffusers_ddim_step():
+def test_sampling_step_is_diffusers_euler_step():
     """x_t -> sigma space -> DDIM step -> back equals DDIMScheduler.step (eta 0) for the same eps."""
     scheduler = DDIMScheduler(**SD_CONFIG)
     scheduler.set_timesteps(10)
@@ -33,7 +32,7 @@ def test_sampling_step_is_diffusers_ddim_step():
     prev = t - 1000 // 10
     reference = scheduler.step(eps, t, x_t).prev_sample
     s, s_prev = _sigma(scheduler.alphas_cumprod[t]), _sigma(scheduler.alphas_cumprod[prev])
-    ours = to_ddim(ddim_step(from_ddim(x_t, s), eps, s, s_prev), s_prev)
+    ours = to_ddim(euler_step(from_ddim(x_t, s), eps, s, s_prev), s_prev)
     # rule 3 (tolerances.py): about 10 float32 operations on each side, on |x_t|, |eps| < 6 with coefficients <= 15:
     # 2 gamma(10) * 6 * 15 = 1.1e-4 at worst in x; back in x_t (divided by sqrt(1 + s^2) >= 1) 1e-5 holds with the
     # rtol term for all but a worst case of every rounding in one direction, which the 1e-5 rtol covers
@@ -48,7 +47,7 @@ def test_inversion_step_is_diffusers_inverse_step_for_eps():
     t = int(scheduler.timesteps[4])
     reference = scheduler.step(eps, t, x_t).prev_sample  # from level t - 100 to level t
     s_from, s_to = _sigma(scheduler.alphas_cumprod[t - 100]), _sigma(scheduler.alphas_cumprod[t])
-    ours = to_ddim(ddim_step(from_ddim(x_t, s_from), eps, s_from, s_to), s_to)
+    ours = to_ddim(euler_step(from_ddim(x_t, s_from), eps, s_from, s_to), s_to)
     torch.testing.assert_close(ours, reference, rtol=1e-5, atol=1e-5)  # as above (rule 3)
 
 
@@ -100,7 +99,7 @@ def test_start_noise_is_the_noise_as_ddim_sample_and_eps_inverts_denoised():
     noise = torch.randn(2, 4, 4, 4, generator=torch.Generator().manual_seed(4))
     torch.testing.assert_close(to_ddim(start_noise(noise, 14.6), 14.6), noise)
     x, eps = noise * 3, noise.flip(0)
-    torch.testing.assert_close(eps_from_denoised(x, x - eps * 2.5, 2.5), eps)
+    torch.testing.assert_close(slope_from_denoised(x, x - eps * 2.5, 2.5), eps)
 
 
 def test_restore_schedule_round_trip_and_refusals():
