@@ -35,9 +35,9 @@ from ..core.inference_weights import normal_tensor_weights
 from ..core.inversion import INVERSION_NAN_CAUSES, check_latent
 from ..core.joint_attention import apply_rope, explicit_joint_attention, token_slices
 from ..core.schedule import FlowSchedule
+from .attention_backends import OVERRIDE_KEY
 from .common import CATEGORY, INVERSION_KEY, check_conditioning_batch, flow_model_sampling, log_map_loss
 
-OVERRIDE_KEY = "optimized_attention_override"
 TAG_KEY = "p2pz_joint_block"  # set by our block wrappers in a copy of the transformer options
 OPTIONS_KEY = "p2pz_mmdit_guidance"  # model_options entry written by P2PZ_MMDiTGuidanceOptions
 COND_KEYS = {NEGATIVE: "negative", CAPTION: "positive", EDITED: "edited"}

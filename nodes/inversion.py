@@ -14,7 +14,7 @@ from ..core.ode import denoised_from_slope
 from ..core.sigma_space import start_noise
 from .common import (CATEGORY, INVERSION_KEY, SEED_INPUT, check_conditioning_batch, discrete_model_sampling,
                      flow_model_sampling, is_flow_model, warn_if_large)
-from .guided import with_fast_attention
+from .attention_backends import with_fast_attention
 
 
 def _core_sampler(invert, denoised_of):
