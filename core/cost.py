@@ -14,7 +14,7 @@ attention is N^2, so relative to 512 px an image costs about (N / 4096)^2 times 
 
 REFERENCE_SIZE = 512  # the size SD 1.x was trained at, and the one suggested when warning
 HEADS = 8
-CPU_WARN_PIXELS = 768 * 768  # above this the CPU takes many minutes per step (README: CPU timings at 512 px)
+CPU_WARN_PIXELS = 768 * 768  # above this the CPU takes many minutes per step (bench/README.md: CPU timings at 512 px)
 
 
 def tokens(height_px: int, width_px: int) -> int:

@@ -44,7 +44,7 @@ __all__ = [
 #   level-t output with level-s coefficients. The two differ by (a_s - a_t) v + (b_s - b_t) x_t per step.
 # For eps models there is nothing to convert and both are the same; sampling (the guided edit) asks the model at the
 # latent's own level, where both agree. The test test_v_prediction.py measures the difference against diffusers and
-# which one reconstructs better (README, "How this differs").
+# which one reconstructs better (docs/differences.md).
 V_CONVERSIONS = ("eval", "source")
 V_CONVERSION_LEVEL = "eval"
 

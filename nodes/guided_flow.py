@@ -41,7 +41,7 @@ from .common import CATEGORY, INVERSION_KEY, check_conditioning_batch, flow_mode
 TAG_KEY = "p2pz_joint_block"  # set by our block wrappers in a copy of the transformer options
 OPTIONS_KEY = "p2pz_mmdit_guidance"  # model_options entry written by P2PZ_MMDiTGuidanceOptions
 COND_KEYS = {NEGATIVE: "negative", CAPTION: "positive", EDITED: "edited"}
-# Defaults (see the README's memory estimate): guidance on the first half of the steps, every joint block,
+# Defaults (see docs/nodes.md, the memory estimate): guidance on the first half of the steps, every joint block,
 # per-block gradient checkpointing; they fit SD 3.5 Medium at 1024 px in 24 GB.
 DEFAULT_OPTIONS = {"guided_fraction": 0.5, "block_stride": 1, "checkpoint_blocks": True}
 

@@ -604,7 +604,7 @@ def mmdit_edit(g, model, vae, positive, start, direction, cfg, prefix):
 
 
 MMDIT_NOTE_END = ("BLIP writes the caption (into `models/blip/` on first use). A 24 GB GPU fits SD 3.5 Medium at "
-                  "1024 px with the default options (README: \"MMDiT models\", the memory estimate).")
+                  "1024 px with the default options (docs/nodes.md: \"MMDiT models\", the memory estimate).")
 
 
 def sd35_photo(defs, classes):

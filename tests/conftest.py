@@ -28,7 +28,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 # bits between identical runs in one process on an AVX-512 CPU (seen on 2026-12-03: 2 of 170 host tests, on ComfyUI
 # 0.3.64 and 0.8.0 alike; the tiny random models amplify 1e-8 to 0.1 over 4 steps). MKL_CBWR=AUTO (reproducibility on,
 # MKL's fastest code path for the CPU) already removed it there; STRICT also makes results independent of memory
-# alignment. MKL reads the variable once, when it loads. README: Repeatability.
+# alignment. MKL reads the variable once, when it loads. docs/nodes.md: Repeatability.
 # MKL_CBWR= (set and empty) runs with MKL's default instead, as on a user's machine: the suite's tolerances must hold
 # both ways (CONTRIBUTING.md, "Tolerances").
 if os.environ.get("MKL_CBWR") == "":

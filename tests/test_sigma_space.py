@@ -53,7 +53,7 @@ def test_inversion_step_is_diffusers_inverse_step_for_eps():
 
 def test_v_prediction_noise_is_converted_at_the_evaluated_timestep():
     """V_CONVERSION_LEVEL 'eval': the noise equals diffusers' DDIMScheduler v->eps conversion at the timestep the
-    model was asked at (the inverse scheduler converts at the source level instead; see the README)."""
+    model was asked at (the inverse scheduler converts at the source level instead; see docs/differences.md)."""
     table = sigmas_from_alphas_cumprod(DDIMScheduler(**SD_CONFIG).alphas_cumprod)
     alphas = DDIMScheduler(**SD_CONFIG).alphas_cumprod
     g = torch.Generator().manual_seed(2)

@@ -82,7 +82,7 @@ def test_eval_conversion_differs_from_diffusers_by_the_level_change_only(raw_v_m
     source level to the evaluated timestep predicts, computed with diffusers alone: its inverse scheduler stepped
     with the noise diffusers' own pipeline derives at the evaluated timestep (`get_epsilon`, which its
     regularization uses) instead of with v. Same 1e-5 tolerance as above. The size of the difference (relative to
-    the latent, printed with -s) is what the README quotes."""
+    the latent, printed with -s) is what docs/differences.md quotes."""
     from diffusers import DDIMInverseScheduler
 
     unet, context, denoise = raw_v_model
