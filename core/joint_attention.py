@@ -83,7 +83,8 @@ def explicit_joint_attention(
 def apply_rope(xq: torch.Tensor, xk: torch.Tensor, freqs_cis: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Flux's rotary position embedding in plain torch (differentiable), the formula of ComfyUI's own fallback
     (comfy/ldm/flux/math.py). ComfyUI 0.8.0 applies RoPE with comfy_kitchen's custom op, which registers no autograd
-    formula: the gradient pass swaps this in for its duration."""
+    formula: the gradient pass's Flux double block (nodes/guided_flow.py) calls this instead; nothing of ComfyUI is
+    patched."""
 
     def rope1(x):
         x_ = x.to(dtype=freqs_cis.dtype).reshape(*x.shape[:-1], -1, 1, 2)

@@ -187,7 +187,12 @@ def flux_double_block_out_of_place(block, img, txt, vec, pe, attn_mask=None, tra
     flipped = getattr(block, "flipped_img_txt", False)
     first, second = (img_qkv, txt_qkv) if flipped else (txt_qkv, img_qkv)
     q, k, v = (torch.cat((a, b), dim=2) for a, b in zip(first, second))
-    attn = flux_math.attention(q, k, v, pe=pe, mask=attn_mask, transformer_options=transformer_options or {})
+    # flux_math.attention's two steps, with RoPE in differentiable torch (core.joint_attention.apply_rope): 0.8.0's
+    # comfy_kitchen op has no backward. ComfyUI's own attention function, so an override still sees the call.
+    if pe is not None:
+        q, k = apply_rope(q, k, pe)
+    attn = flux_math.optimized_attention(q, k, v, q.shape[1], skip_reshape=True, mask=attn_mask,
+                                         transformer_options=transformer_options or {})
     n_first = first[0].shape[2]
     img_attn, txt_attn = (attn[:, :n_first], attn[:, n_first:]) if flipped else (attn[:, n_first:], attn[:, :n_first])
 
@@ -289,20 +294,11 @@ class _FlowDenoiser:
 
 @contextlib.contextmanager
 def _gradient_context(run):
-    """Around each gradient pass, forward and backward (checkpointed blocks recompute inside the backward):
-    - the weights, loaded as inference tensors, become normal-tensor aliases (no copy) that autograd can save;
-    - Flux's RoPE is the differentiable torch formula (core.joint_attention.apply_rope) instead of 0.8.0's
-      comfy_kitchen op, which has no backward. A module attribute swapped for this pass only and restored: ComfyUI
-      runs one prompt at a time, and the no-grad passes keep the host's kernel."""
-    import comfy.ldm.flux.math as flux_math
-
-    host_rope = flux_math.apply_rope
+    """Around each gradient pass, forward and backward (checkpointed blocks recompute inside the backward): the
+    weights, loaded as inference tensors, become normal-tensor aliases (no copy) that autograd can save. (Flux's RoPE
+    needs nothing here: the gradient pass's double block applies it itself, flux_double_block_out_of_place.)"""
     with normal_tensor_weights(run.module):
-        flux_math.apply_rope = apply_rope
-        try:
-            yield
-        finally:
-            flux_math.apply_rope = host_rope
+        yield
 
 
 def _flow_sampler(run, settings, results):

@@ -242,8 +242,12 @@ def test_existing_override_is_still_called(comfy, flow):
     assert torch.equal(with_spy, without)
 
 
-def test_flux_gradient_block_equals_comfyui_block(comfy, pack_nodes):
-    """The gradient pass's out-of-place Flux double block gives ComfyUI's block output (ComfyUI's adds in place)."""
+def test_flux_gradient_block_equals_comfyui_block(comfy, pack_nodes, monkeypatch):
+    """The gradient pass's out-of-place Flux double block gives ComfyUI's block output (ComfyUI's adds in place),
+    with RoPE as the torch formula (the block applies core.joint_attention.apply_rope, differentiable; 0.8.0's own
+    comfy_kitchen op has no backward). That formula is checked against the host's RoPE, then the block against
+    ComfyUI's block with the same formula (set for this test only)."""
+    import comfy.ldm.flux.math as flux_math
     guided_flow = _module(comfy, "nodes.guided_flow")
     model, width, pooled = tiny_models.tiny_mmdit_model("flux", seed=3)
     block = model.model.diffusion_model.double_blocks[0]
@@ -253,12 +257,54 @@ def test_flux_gradient_block_equals_comfyui_block(comfy, pack_nodes):
     ids[0, 7:, 1] = torch.arange(16) // 4
     ids[0, 7:, 2] = torch.arange(16) % 4
     pe = model.model.diffusion_model.pe_embedder(ids)
+    core_rope = sys.modules[guided_flow.__name__.rsplit(".", 2)[0] + ".core.joint_attention"].apply_rope
+    q, k = torch.randn(2, 1, 2, 23, 16, generator=g).unbind(0)
+    with torch.no_grad():
+        ours_q, ours_k = core_rope(q, k, pe)
+        host_q, host_k = flux_math.apply_rope(q, k, pe) if hasattr(flux_math, "apply_rope") else (ours_q, ours_k)
+    # each element is pe0 * a + pe1 * b (|pe| <= 1): two products and a sum, rounded on each side in its own order
+    # (rule 3): 2 gamma(3) (|a| + |b|)
+    bound = 2 * gamma(3) * 2 * float(torch.maximum(q.abs().max(), k.abs().max()))
+    torch.testing.assert_close(ours_q, host_q, rtol=0, atol=bound)
+    torch.testing.assert_close(ours_k, host_k, rtol=0, atol=bound)
+    monkeypatch.setattr(flux_math, "apply_rope", core_rope, raising=False)
     with torch.no_grad():
         stock_img, stock_txt = block(img=img.clone(), txt=txt.clone(), vec=vec, pe=pe, transformer_options={})
         ours_img, ours_txt = guided_flow.flux_double_block_out_of_place(block, img, txt, vec, pe)
     # the same operations, out of place instead of in place: the same arithmetic, apart from the order of the
     # residual additions' operands (commutative, exact in float): equal
     assert torch.equal(ours_img, stock_img) and torch.equal(ours_txt, stock_txt)
+
+
+def test_no_comfyui_module_is_patched_during_an_edit(comfy, flow):
+    """The guided edit changes nothing of ComfyUI process-wide (other prompts, other packs and other threads see the
+    host as it is): every attribute write to ComfyUI's attention and Flux/MMDiT modules during a whole edit,
+    gradient passes included, is recorded, and there must be none."""
+    import importlib
+    import types
+
+    family, model, cond, edited, _ = flow
+    names = ["comfy.ldm.modules.attention", "comfy.ldm.flux.math", "comfy.ldm.flux.layers", "comfy.ldm.flux.model",
+             "comfy.ldm.modules.diffusionmodules.mmdit"]
+    modules = [importlib.import_module(n) for n in names]
+    writes = []
+
+    class Recording(types.ModuleType):
+        def __setattr__(self, name, value):
+            writes.append(f"{self.__name__}.{name}")
+            super().__setattr__(name, value)
+
+    inverted = _invert(comfy, model, cond, _latent(seed=9))[0]
+    originals = [m.__class__ for m in modules]
+    try:
+        for m in modules:
+            m.__class__ = Recording
+        _edit(comfy, model, cond, inverted, edited, 1.0)
+        during = list(writes)
+    finally:
+        for m, cls in zip(modules, originals):
+            m.__class__ = cls
+    assert during == []
 
 
 def test_block_checkpointing_gives_the_same_edit(comfy, flow):
