@@ -201,3 +201,24 @@ def flow_model_sampling(model, what: str):
                          f"(sigma_max {float(getattr(sampling, 'sigma_max', float('nan'))):g}, expected 1). "
                          f"Supported: {FLOW_MODELS}")
     return sampling
+
+
+def check_plain_conditioning(conditioning, what):
+    """The guided edit's conditionings (both model families): one plain text entry. pix2pix-zero holds the attention
+    maps of one prompt; areas, masks, ControlNets, GLIGEN and timestep ranges would change what the maps mean or
+    which prompt a step sees, so they are refused rather than silently dropped."""
+    if not conditioning:
+        raise ValueError(f"the {what} conditioning is empty: connect a CLIPTextEncode output")
+    if len(conditioning) != 1:
+        raise ValueError(
+            f"the {what} conditioning has {len(conditioning)} entries (ConditioningCombine, area or timestep-range "
+            "nodes): pix2pix-zero holds the cross-attention maps of one prompt, so give it a single CLIPTextEncode "
+            "output (ConditioningConcat keeps one entry for long prompts)"
+        )
+    extra = conditioning[0][1]
+    unsupported = [k for k in ("area", "mask", "control", "gligen") if extra.get(k) is not None]
+    if unsupported or not (extra.get("start_percent", 0.0) <= 0.0 and extra.get("end_percent", 1.0) >= 1.0):
+        raise ValueError(
+            f"the {what} conditioning carries {', '.join(unsupported) or 'a timestep range'}: the guided sampler "
+            "supports plain text conditioning only (no areas, masks, ControlNets, GLIGEN or timestep ranges)"
+        )

@@ -34,8 +34,8 @@ from ..core.ode import denoised_from_slope
 from ..core.sigma_space import restate
 from .attention_backends import (AUTOGRAD_BACKENDS, OVERRIDE_KEY, attn2_layers, backend_name, gradient_attention,
                                  no_grad_attention, self_attention)
-from .common import (CATEGORY, DIRECTION_TYPE, INVERSION_KEY, check_conditioning_batch, discrete_model_sampling,
-                     is_flow_model, log_map_loss, warn_if_large)
+from .common import (CATEGORY, DIRECTION_TYPE, INVERSION_KEY, check_conditioning_batch, check_plain_conditioning,
+                     discrete_model_sampling, is_flow_model, log_map_loss, warn_if_large)
 
 COND_KEYS = {NEGATIVE: "negative", CAPTION: "positive", EDITED: "edited"}
 CFG_RANGE = (1.0, 30.0)
@@ -229,21 +229,8 @@ def _check_model(model):
 
 
 def _check_conditioning(conditioning, what, width, batch):
-    if not conditioning:
-        raise ValueError(f"the {what} conditioning is empty: connect a CLIPTextEncode output")
-    if len(conditioning) != 1:
-        raise ValueError(
-            f"the {what} conditioning has {len(conditioning)} entries (ConditioningCombine, area or timestep-range "
-            "nodes): pix2pix-zero holds the cross-attention maps of one prompt, so give it a single CLIPTextEncode "
-            "output (ConditioningConcat keeps one entry for long prompts)"
-        )
-    tensor, extra = conditioning[0]
-    unsupported = [k for k in ("area", "mask", "control", "gligen") if extra.get(k) is not None]
-    if unsupported or not (extra.get("start_percent", 0.0) <= 0.0 and extra.get("end_percent", 1.0) >= 1.0):
-        raise ValueError(
-            f"the {what} conditioning carries {', '.join(unsupported) or 'a timestep range'}: the guided sampler "
-            "supports plain text conditioning only (no areas, masks, ControlNets, GLIGEN or timestep ranges)"
-        )
+    check_plain_conditioning(conditioning, what)
+    tensor = conditioning[0][0]
     if tensor.shape[-1] != width:
         raise ValueError(
             f"the {what} conditioning is {tensor.shape[-1]} wide but this model's cross-attention expects "

@@ -36,7 +36,8 @@ from ..core.inversion import INVERSION_NAN_CAUSES, check_latent
 from ..core.joint_attention import apply_rope, explicit_joint_attention, token_slices
 from ..core.schedule import FlowSchedule
 from .attention_backends import OVERRIDE_KEY
-from .common import CATEGORY, INVERSION_KEY, check_conditioning_batch, flow_model_sampling, log_map_loss
+from .common import (CATEGORY, INVERSION_KEY, check_conditioning_batch, check_plain_conditioning, flow_model_sampling,
+                     log_map_loss)
 
 TAG_KEY = "p2pz_joint_block"  # set by our block wrappers in a copy of the transformer options
 OPTIONS_KEY = "p2pz_mmdit_guidance"  # model_options entry written by P2PZ_MMDiTGuidanceOptions
@@ -363,8 +364,7 @@ def flow_guided_edit_node(model, positive, inverted_latent, steps, cfg, lambda_x
     negative = positive if negative is None else negative
     batch = samples.shape[0]
     for cond, what in ((positive, "positive"), (negative, "negative"), (edited_positive, "edited_positive")):
-        if not cond or len(cond) != 1:
-            raise ValueError(f"the {what} conditioning must be a single CLIPTextEncode output (one entry)")
+        check_plain_conditioning(cond, what)
         check_conditioning_batch(cond, batch, f"{what} conditioning")
     if edited_positive[0][0].shape[1] != positive[0][0].shape[1]:
         raise ValueError(f"edited_positive has {edited_positive[0][0].shape[1]} tokens but the caption has "

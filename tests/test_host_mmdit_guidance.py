@@ -327,6 +327,13 @@ def test_clear_errors(comfy, flow):
     with pytest.raises(ValueError, match="exactly one"):
         comfy.call_node(NODE, model=model, positive=cond, inverted_latent=inverted, steps=STEPS, cfg=1.0,
                         lambda_xa=0.1, guidance="paper")
+    # the UNet path's conditioning checks hold here too: what the maps cannot honour is refused, not dropped
+    area = comfy.call_node("ConditioningSetArea", conditioning=cond, width=64, height=64, x=0, y=0, strength=1.0)[0]
+    ranged = comfy.call_node("ConditioningSetTimestepRange", conditioning=cond, start=0.0, end=0.5)[0]
+    combined = comfy.call_node("ConditioningCombine", conditioning_1=cond, conditioning_2=cond)[0]
+    for bad, message in ((area, "carries area"), (ranged, "carries a timestep range"), (combined, "has 2 entries")):
+        with pytest.raises(ValueError, match=message):
+            _edit(comfy, model, bad, inverted, edited, 0.1)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
