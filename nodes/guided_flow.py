@@ -236,8 +236,13 @@ def _joint_blocks(diffusion_model):
 
 
 def family_of(model):
-    dm = model.model.diffusion_model
-    return "sd3" if hasattr(dm, "joint_blocks") else "flux" if hasattr(dm, "double_blocks") else None
+    """"sd3" or "flux" by the model's class (comfy.model_base.SD3, Flux), else None. By class, not by the blocks a
+    network has: Chroma, Chroma Radiance and Flux 2 subclass Flux with other blocks (no per-block modulation),
+    HunyuanVideo and Hunyuan Image have double blocks too; none of them is what the joint-attention hooks know."""
+    import comfy.model_base as model_base
+
+    kind = type(model.model)
+    return "sd3" if kind is model_base.SD3 else "flux" if kind is model_base.Flux else None
 
 
 def patched_flow_model(model, options):
@@ -341,8 +346,9 @@ def flow_guided_edit_node(model, positive, inverted_latent, steps, cfg, lambda_x
     flow_model_sampling(model, "guided editing")
     family = family_of(model)
     if family is None:
-        raise ValueError("this flow model has no joint-attention blocks pix2pix-zero knows: the guided edit supports "
-                         "SD 3.x (MMDiT) and Flux")
+        raise ValueError(f"this model is {type(model.model).__name__}: the guided edit on flow models supports SD 3.x "
+                         "(SD 3.0, 3.5 Medium and Large) and Flux.1 (dev), not its variants with other blocks (Chroma, "
+                         "Flux 2) or other flow models. Invert Latent works on it; the edit does not")
     if not (0.0 <= lambda_xa <= 1.0):
         raise ValueError(f"lambda_xa must be between 0.0 and 1.0, got {lambda_xa}")
     samples = inverted_latent["samples"]

@@ -1,6 +1,7 @@
 """Attention guidance through joint attention (issue 13): P2PZ_GuidedEdit on tiny SD 3.x and Flux MODELs in
 ComfyUI's real layouts (scripts/tiny_models.py), checked against stock nodes (SamplerCustom, KSampler) and against
 ComfyUI's own attention function (seen through an optimized_attention_override installed before ours)."""
+import copy
 import sys
 
 import pytest
@@ -334,6 +335,29 @@ def test_clear_errors(comfy, flow):
     for bad, message in ((area, "carries area"), (ranged, "carries a timestep range"), (combined, "has 2 entries")):
         with pytest.raises(ValueError, match=message):
             _edit(comfy, model, bad, inverted, edited, 0.1)
+
+
+@pytest.mark.parametrize("variant", ["Chroma", "Flux2", "HunyuanVideo"])
+def test_other_flow_models_are_refused_by_name_before_any_model_call(comfy, pack_nodes, variant):
+    """A model whose class is not SD3 or Flux (Chroma and Flux 2 subclass Flux with other blocks; HunyuanVideo has
+    double blocks too) is refused up front, naming its class. The tiny Flux network stands in: only the class of the
+    model object is changed, which is all the check may read, and any model call would be counted."""
+    import comfy.model_base as model_base
+
+    cls = getattr(model_base, variant, None)
+    if cls is None:
+        pytest.skip(f"this ComfyUI has no {variant}")
+    model, width, pooled = tiny_models.tiny_mmdit_model("flux", seed=3)
+    cond = tiny_models.tiny_flow_conditioning(width, pooled, seed=1)
+    edited = tiny_models.tiny_flow_conditioning(width, pooled, seed=2)
+    inverted = _invert(comfy, model, cond, _latent(seed=2))[0]
+    calls = []
+    other = model.clone()
+    other.model = copy.copy(model.model)
+    other.model.__class__ = type(variant, (cls,), {"apply_model": lambda self, *a, **k: calls.append(1)})
+    with pytest.raises(ValueError, match=f"this model is {variant}: the guided edit on flow models supports"):
+        _edit(comfy, other, cond, inverted, edited, 0.1)
+    assert calls == []
 
 
 @pytest.mark.parametrize("family", FAMILIES)
