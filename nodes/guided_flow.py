@@ -162,7 +162,8 @@ class _BlockTag:
 
 def flux_double_block_out_of_place(block, img, txt, vec, pe, attn_mask=None, transformer_options=None):
     """ComfyUI's Flux DoubleStreamBlock.forward (0.3.64 to 0.8.0, Flux.1's configuration: per-block modulation, no
-    modulation_dims) with its residual additions written out of place.
+    modulation_dims, which Flux.1's block loop never passes; the fp16 clamp of the text stream included) with its
+    residual additions written out of place.
 
     ComfyUI's block adds to img and txt in place (`img += ...`), overwriting tensors its own layer norms saved for
     the backward: autograd refuses it, and under checkpointing the recompute would silently hand the backward the
@@ -203,6 +204,8 @@ def flux_double_block_out_of_place(block, img, txt, vec, pe, attn_mask=None, tra
     txt = txt + apply_mod(block.txt_attn.proj(txt_attn), txt_mod1.gate)
     txt = txt + apply_mod(block.txt_mlp(apply_mod(block.txt_norm2(txt), 1 + txt_mod2.scale, txt_mod2.shift)),
                           txt_mod2.gate)
+    if txt.dtype == torch.float16:  # as ComfyUI's block (0.3.64, 0.8.0): fp16's text stream can overflow
+        txt = torch.nan_to_num(txt, nan=0.0, posinf=65504, neginf=-65504)
     return img, txt
 
 

@@ -275,6 +275,16 @@ def test_flux_gradient_block_equals_comfyui_block(comfy, pack_nodes, monkeypatch
     # the same operations, out of place instead of in place: the same arithmetic, apart from the order of the
     # residual additions' operands (commutative, exact in float): equal
     assert torch.equal(ours_img, stock_img) and torch.equal(ours_txt, stock_txt)
+    # fp16, with a text stream that overflows (an inf entry): ComfyUI's block clamps the text stream to fp16's range
+    # and so must this one (NaN elsewhere compared as equal)
+    txt_bad = txt.clone()
+    txt_bad[0, 0, 0] = float("inf")
+    with torch.inference_mode():  # the weights are inference tensors (as ComfyUI's loaders make them)
+        block.half()
+        stock = block(img=img.half(), txt=txt_bad.half(), vec=vec.half(), pe=pe, transformer_options={})
+        ours = guided_flow.flux_double_block_out_of_place(block, img.half(), txt_bad.half(), vec.half(), pe)
+    for a, b in zip(ours, stock):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, equal_nan=True)
 
 
 def test_no_comfyui_module_is_patched_during_an_edit(comfy, flow):
