@@ -222,3 +222,21 @@ def check_plain_conditioning(conditioning, what):
             f"the {what} conditioning carries {', '.join(unsupported) or 'a timestep range'}: the guided sampler "
             "supports plain text conditioning only (no areas, masks, ControlNets, GLIGEN or timestep ranges)"
         )
+
+
+# ComfyUI's CFG hooks (ModelPatcher.set_model_sampler_cfg_function / _pre_cfg_ / _post_cfg_), set by nodes such as
+# RescaleCFG, SkipLayerGuidanceSD3, PerpNeg, CFGZeroStar or APG.
+CFG_PATCH_KEYS = ("sampler_cfg_function", "sampler_pre_cfg_function", "sampler_post_cfg_function")
+
+
+def check_no_cfg_patches(model, uses_cfg):
+    """The guided edit combines CFG itself, as the paper (the guided latent's noise and the carried negative's), so
+    a CFG hook on the MODEL could not take effect: refused when the run uses CFG, rather than dropped unseen."""
+    if not uses_cfg:
+        return
+    found = [key for key in CFG_PATCH_KEYS if model.model_options.get(key)]
+    if found:
+        raise ValueError(
+            f"this MODEL carries a CFG patch ({', '.join(found)}: from a node such as RescaleCFG, "
+            "SkipLayerGuidanceSD3, PerpNeg or CFGZeroStar). Guided Edit combines CFG itself, as pix2pix-zero does, and cannot apply it: "
+            "connect Guided Edit's model from before that node, or set cfg to 1")

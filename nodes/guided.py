@@ -34,8 +34,8 @@ from ..core.ode import denoised_from_slope
 from ..core.sigma_space import restate
 from .attention_backends import (AUTOGRAD_BACKENDS, OVERRIDE_KEY, attn2_layers, backend_name, gradient_attention,
                                  no_grad_attention, self_attention)
-from .common import (CATEGORY, DIRECTION_TYPE, INVERSION_KEY, check_conditioning_batch, check_plain_conditioning,
-                     discrete_model_sampling, is_flow_model, log_map_loss, warn_if_large)
+from .common import (CATEGORY, DIRECTION_TYPE, INVERSION_KEY, check_conditioning_batch, check_no_cfg_patches,
+                     check_plain_conditioning, discrete_model_sampling, is_flow_model, log_map_loss, warn_if_large)
 
 COND_KEYS = {NEGATIVE: "negative", CAPTION: "positive", EDITED: "edited"}
 CFG_RANGE = (1.0, 30.0)
@@ -321,6 +321,7 @@ class GuidedEdit:
             return flow_guided_edit_node(model, positive, inverted_latent, steps, cfg, lambda_xa, guidance, negative,
                                          direction, direction_multiplier, edited_positive)
         _check_range("cfg", cfg, CFG_RANGE)
+        check_no_cfg_patches(model, cfg != 1.0)
         _check_range("lambda_xa", lambda_xa, LAMBDA_RANGE)
         if guidance not in GUIDANCE_MODES:
             raise ValueError(f"unknown guidance {guidance!r}; choose one of {', '.join(GUIDANCE_MODES)}")

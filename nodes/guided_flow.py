@@ -36,8 +36,8 @@ from ..core.inversion import INVERSION_NAN_CAUSES, check_latent
 from ..core.joint_attention import apply_rope, explicit_joint_attention, token_slices
 from ..core.schedule import FlowSchedule
 from .attention_backends import OVERRIDE_KEY
-from .common import (CATEGORY, INVERSION_KEY, check_conditioning_batch, check_plain_conditioning, flow_model_sampling,
-                     log_map_loss)
+from .common import (CATEGORY, INVERSION_KEY, check_conditioning_batch, check_no_cfg_patches, check_plain_conditioning,
+                     flow_model_sampling, log_map_loss)
 
 TAG_KEY = "p2pz_joint_block"  # set by our block wrappers in a copy of the transformer options
 OPTIONS_KEY = "p2pz_mmdit_guidance"  # model_options entry written by P2PZ_MMDiTGuidanceOptions
@@ -366,6 +366,7 @@ def flow_guided_edit_node(model, positive, inverted_latent, steps, cfg, lambda_x
 
         edited_positive = edit_conditioning(positive, direction, direction_multiplier)
     use_negative = family == "sd3"  # Flux is guidance-distilled: its embedded guidance, no negative pass
+    check_no_cfg_patches(model, use_negative and cfg != 1.0)
     if not use_negative and (cfg != 1.0 or negative is not None):
         logging.info("pix2pix-zero Guided Edit: Flux is guidance-distilled; both branches run once at the "
                      "conditioning's guidance value (FluxGuidance), cfg and negative are not used")

@@ -369,6 +369,12 @@ def test_bad_inputs_get_clear_errors(comfy, tiny_sd15_objects, pack_nodes):
     pair = [[torch.cat([caption[0][0]] * 3), {}]]
     with pytest.raises(ValueError, match="batch of 3 but the latent has 1 images"):
         _edit(comfy, model, pair, inverted, 4, **ok)
+    # a CFG hook (stock RescaleCFG) could not take effect in the guided sampler's own CFG: refused when CFG is used,
+    # and the run goes on at cfg 1, where there is nothing to combine
+    rescaled = comfy.call_node("RescaleCFG", model=model, multiplier=0.7)[0]
+    with pytest.raises(ValueError, match=r"carries a CFG patch \(sampler_cfg_function"):
+        _edit(comfy, rescaled, caption, inverted, 4, cfg=5.0, **ok)
+    assert torch.isfinite(_edit(comfy, rescaled, caption, inverted, 4, cfg=1.0, **ok)[0]["samples"]).all()
 
 
 def test_graph_through_the_real_executor(comfy, tiny_checkpoint_name, pack_nodes):

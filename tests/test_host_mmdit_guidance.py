@@ -345,6 +345,11 @@ def test_clear_errors(comfy, flow):
     for bad, message in ((area, "carries area"), (ranged, "carries a timestep range"), (combined, "has 2 entries")):
         with pytest.raises(ValueError, match=message):
             _edit(comfy, model, bad, inverted, edited, 0.1)
+    if family == "sd3":  # SkipLayerGuidanceSD3 (common with SD 3.5 Medium) is a post-CFG hook: refused at cfg > 1
+        slg = comfy.call_node("SkipLayerGuidanceSD3", model=model, layers="0", scale=3.0, start_percent=0.01,
+                              end_percent=0.15)[0]
+        with pytest.raises(ValueError, match=r"carries a CFG patch \(sampler_post_cfg_function"):
+            _edit(comfy, slg, cond, inverted, edited, 0.1, cfg=4.5)
 
 
 @pytest.mark.parametrize("variant", ["Chroma", "Flux2", "HunyuanVideo"])
