@@ -12,10 +12,11 @@ The loop is core.flow_guidance's; this module connects it to ComfyUI on a CLONE 
 - the gradient pass aliases the inference-tensor weights (core.inference_weights).
 
 Blocks: SD 3.x: every joint block (context tokens, then image tokens). Flux: the double-stream blocks (txt, then
-img) only: there the text keys are still projections of the prompt's own stream, as a UNet's cross-attention keys
-are, while in the single-stream blocks text tokens have been mixed with the image by every block before (no longer
-"the prompt's words"); and the double blocks come first, so the gradient pass stops before the 38 single blocks
-(a third of Flux-dev's depth is enough for the maps).
+img) only. Not because their text tokens are purer: in every joint block, double or single, the text stream has
+attended to the image in the blocks before. The reasons are cost and structure: the double blocks come first, so
+the gradient pass stops before the 38 single blocks (two thirds of Flux-dev's depth: guiding them would run the
+gradient pass through the whole model), and a single block projects text and image with one shared set of weights
+(no text stream of its own to compare). Whether the single blocks would guide better is untested.
 """
 import contextlib
 import functools
@@ -258,6 +259,9 @@ def patched_flow_model(model, options):
     guided = blocks[::stride]
     run = _Run([key for key, *_ in guided])
     run.checkpoint = bool(options["checkpoint_blocks"])
+    # The map loss is a sum over the guided blocks: guiding every N-th block leaves about 1/N of the terms, so the
+    # step is scaled by (blocks / guided blocks) to keep lambda_xa meaning the same step whatever the stride.
+    run.loss_scale = len(blocks) / len(guided)
     clone = model.clone()
     transformer_options = clone.model_options.setdefault("transformer_options", {})
     transformer_options[OVERRIDE_KEY] = _JointOverride(run, transformer_options.get(OVERRIDE_KEY))
@@ -384,7 +388,7 @@ def flow_guided_edit_node(model, positive, inverted_latent, steps, cfg, lambda_x
 
     options = dict(DEFAULT_OPTIONS, **model.model_options.get(OPTIONS_KEY, {}))
     patched, run = patched_flow_model(model, options)
-    settings = {"cfg": cfg, "lambda_xa": lambda_xa, "use_negative": use_negative,
+    settings = {"cfg": cfg, "lambda_xa": lambda_xa * run.loss_scale, "use_negative": use_negative,
                 "negative_is_caption": negative_is_caption,
                 "guided_steps": round(float(options["guided_fraction"]) * steps)}
     results = {}
@@ -408,7 +412,7 @@ class MMDiTGuidanceOptions:
         return {"required": {
             "model": ("MODEL", {"tooltip": "An SD 3.x or Flux model."}),
             "guided_fraction": ("FLOAT", {"default": d["guided_fraction"], "min": 0.0, "max": 1.0, "step": 0.05, "tooltip": "Attention guidance only on the first fraction of the steps (the high-noise steps that set the layout); 1 guides every step as the paper. Saves time, not peak memory."}),
-            "block_stride": ("INT", {"default": d["block_stride"], "min": 1, "max": 16, "tooltip": "Guide every N-th joint block (1: all). Higher saves the stored reference maps and, with the early stop after the last guided block, some gradient-pass time."}),
+            "block_stride": ("INT", {"default": d["block_stride"], "min": 1, "max": 16, "tooltip": "Guide every N-th joint block (1: all). Higher saves the stored reference maps and, with the early stop after the last guided block, some gradient-pass time. The step is scaled by blocks / guided blocks, so lambda_xa keeps its meaning."}),
             "checkpoint_blocks": ("BOOLEAN", {"default": d["checkpoint_blocks"], "tooltip": "Recompute each block in the backward pass instead of keeping its activations (Flux; ComfyUI already does it for SD 3.x blocks). Off is faster but needs several GB per block at 1024 px."}),
         }}
 

@@ -389,6 +389,16 @@ def test_block_stride_guides_every_other_block(comfy, pack_nodes, family):
     _, run = guided_flow.patched_flow_model(model, dict(guided_flow.DEFAULT_OPTIONS, block_stride=2))
     assert run.guided_blocks == ({("double_block", 0), ("double_block", 2)} if family == "flux"
                                  else {("double_block", 0)})
+    # the loss sums over the guided blocks: the step is scaled by blocks / guided blocks (3 / 2 and 2 / 1)
+    assert run.loss_scale == (1.5 if family == "flux" else 2.0)
+    seen = []
+    inner = guided_flow.flow_guided_edit
+    guided_flow.flow_guided_edit = lambda *a, **k: seen.append(k["lambda_xa"]) or inner(*a, **k)
+    try:
+        _edit(comfy, _options(comfy, model, stride=2), cond, inverted, edited, 0.1)
+    finally:
+        guided_flow.flow_guided_edit = inner
+    assert seen == [pytest.approx(0.1 * run.loss_scale)]
     tuned = {s: _options(comfy, model, stride=s) for s in (1, 2)}
     off, on = {}, {}
     _edit(comfy, tuned[2], cond, inverted, edited, 0.0, results=off)
