@@ -16,6 +16,7 @@ CFG copy ("negative", "positive" = the caption, "edited"); hosts split a batch b
 from __future__ import annotations
 
 from collections.abc import Hashable, Mapping, Sequence
+from typing import Optional
 
 import torch
 
@@ -101,14 +102,17 @@ class AttentionMaps:
         self.copies = 1
         self.maps_only = False
         self.losses: dict[str, torch.Tensor] = {}
+        self.recorded_branches: Optional[set] = None
 
     @property
     def wants_maps(self) -> bool:
         return self.mode != "off"
 
-    def record(self) -> None:
-        """Start a reference pass: forget the previous step's maps (only one step's maps ever live)."""
+    def record(self, branches: Optional[Sequence[str]] = None) -> None:
+        """Start a reference pass: forget the previous step's maps (only one step's maps ever live). `branches`: keep
+        only these branches' maps (the ones a later compare targets); None keeps every branch's."""
         self.mode = "record"
+        self.recorded_branches = None if branches is None else set(branches)
         self.reference.clear()
         self.losses = {}
 
@@ -149,7 +153,8 @@ class AttentionMaps:
     def observe(self, layer: Hashable, branch: str, probs: torch.Tensor, heads: int) -> None:
         """One branch's maps of one layer: [batch * heads, q_tokens, k_tokens]."""
         if self.mode == "record":
-            self.reference[(layer, branch)] = probs.detach()
+            if self.recorded_branches is None or branch in self.recorded_branches:
+                self.reference[(layer, branch)] = probs.detach()
         elif self.mode == "compare" and branch in self.targets:
             key = (layer, self.targets[branch])
             if key not in self.reference:

@@ -70,8 +70,8 @@ class _FlowEditor:
     def reference_step(self, x, sigma, sigma_next, record):
         # A negative equal to the caption gives the caption's output: one evaluation (v_neg = v_pos).
         branches = {CAPTION: x} if not self.use_cfg or self.negative_is_caption else {NEGATIVE: x, CAPTION: x}
-        if record:
-            self.maps.record()
+        if record:  # only the caption's maps are ever compared with (a real negative's would double the memory)
+            self.maps.record(branches=(CAPTION,))
         try:
             with torch.no_grad():
                 denoised = self.denoise(branches, sigma)

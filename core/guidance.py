@@ -120,7 +120,7 @@ class GuidedEditor:
             branches = {CAPTION: x}  # an identical negative gives identical output and maps: one evaluation
         else:
             branches = {NEGATIVE: x, CAPTION: x}
-        self.maps.record()
+        self.maps.record(branches=set(self._guided_branches().values()))  # only the maps a compare pass targets
         try:
             with torch.no_grad():
                 denoised = self.denoise(branches, sigma)

@@ -142,3 +142,19 @@ def test_shape_mismatch_is_a_clear_error():
         attention_loss(small, large, heads)
     with pytest.raises(ValueError, match="not divisible by 3 heads"):
         split_heads(torch.zeros(1, 4, 8), 3)
+
+
+def test_a_reference_pass_keeps_only_the_branches_asked_for():
+    """record(branches=...) keeps the maps a later compare targets: a real negative's maps (CFG) are not stored
+    when nothing is compared with them (twice the memory otherwise); record() keeps every branch, as before."""
+    from core.attention import AttentionMaps
+
+    probs = torch.rand(4, 16, 7)
+    maps = AttentionMaps()
+    maps.record(branches=("caption",))
+    maps.observe_batch("block 0", probs, ["negative", "caption"], heads=2)
+    assert set(maps.reference) == {("block 0", "caption")}
+    assert torch.equal(maps.reference[("block 0", "caption")], probs.chunk(2)[1])
+    maps.record()
+    maps.observe_batch("block 0", probs, ["negative", "caption"], heads=2)
+    assert set(maps.reference) == {("block 0", "negative"), ("block 0", "caption")}
