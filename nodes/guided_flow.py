@@ -64,6 +64,8 @@ class _Run:
         self.pending = []  # (block, maps, branches, heads) of the current model evaluation
         self.checkpoint = True
         self.module = None
+        self.patch_size = 2
+        self.image_tokens = None  # tokens of the latent being edited (reference images' tokens come after them)
 
     def __deepcopy__(self, memo):
         return self
@@ -98,7 +100,7 @@ class _JointOverride:
         run = self.run
         if tag is None or not run.maps.wants_maps:
             return self._pass_on(func, args, kwargs)
-        key, n_txt, n_img, txt_first = tag
+        key, n_txt, n_img, n_edited, txt_first = tag
         q, k, v = args[:3]
         skip_reshape = kwargs.get("skip_reshape", False)
         tokens = k.shape[-2] if skip_reshape else k.shape[1]
@@ -107,6 +109,9 @@ class _JointOverride:
         heads = args[3] if len(args) > 3 else kwargs["heads"]
         precision = comfy_attention.get_attn_precision(kwargs.get("attn_precision"), q.dtype)
         text, image = token_slices(n_txt, n_img, txt_first)
+        # The maps' rows: the edited image's tokens only. Flux Kontext appends its reference images' tokens to the
+        # image stream; their maps are not the edited image's layout.
+        image = slice(image.start, image.start + n_edited)
         out, maps = explicit_joint_attention(
             q, k, v, heads, text=text, image=image, skip_reshape=skip_reshape,
             skip_output_reshape=kwargs.get("skip_output_reshape", False), mask=kwargs.get("mask"),
@@ -145,8 +150,9 @@ class _BlockTag:
             return self.previous(args, extra) if self.previous is not None else extra["original_block"](args)
         if self.guided:
             n_txt, n_img = args["txt"].shape[1], args["img"].shape[1]
+            n_edited = min(n_img, run.image_tokens or n_img)
             options = dict(args.get("transformer_options") or {})
-            options[TAG_KEY] = (self.key, n_txt, n_img, self.txt_first)
+            options[TAG_KEY] = (self.key, n_txt, n_img, n_edited, self.txt_first)
             args = dict(args, transformer_options=options)
         original = extra["original_block"]
         grad = torch.is_grad_enabled()
@@ -259,6 +265,8 @@ def patched_flow_model(model, options):
     guided = blocks[::stride]
     run = _Run([key for key, *_ in guided])
     run.checkpoint = bool(options["checkpoint_blocks"])
+    patch = getattr(model.model.diffusion_model, "patch_size", 2)
+    run.patch_size = int(patch[-1] if isinstance(patch, (tuple, list)) else patch)
     # The map loss is a sum over the guided blocks: guiding every N-th block leaves about 1/N of the terms, so the
     # step is scaled by (blocks / guided blocks) to keep lambda_xa meaning the same step whatever the stride.
     run.loss_scale = len(blocks) / len(guided)
@@ -289,6 +297,8 @@ class _FlowDenoiser:
         conds = [self.guider.conds[COND_KEYS[b]] for b in names]
         self.run.branch_of_flag = dict(enumerate(names))
         self.run.seen, self.run.pending = set(), []
+        p = self.run.patch_size  # SD 3.x and Flux patchify 2 x 2, padding odd sides
+        self.run.image_tokens = -(-x.shape[-2] // p) * -(-x.shape[-1] // p)
         timestep = torch.full((x.shape[0],), sigma, dtype=x.dtype, device=x.device)
         out = None
         try:

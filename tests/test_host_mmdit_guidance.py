@@ -352,6 +352,37 @@ def test_clear_errors(comfy, flow):
             _edit(comfy, slg, cond, inverted, edited, 0.1, cfg=4.5)
 
 
+def test_kontext_reference_tokens_are_not_map_rows(comfy, pack_nodes):
+    """Flux Kontext appends a reference image's tokens to the image stream (ReferenceLatent's reference_latents):
+    the maps' rows are the edited image's tokens only, and the edit runs and is guided."""
+    guided_flow = _module(comfy, "nodes.guided_flow")
+    model, width, pooled = tiny_models.tiny_mmdit_model("flux", seed=3)
+    cond = tiny_models.tiny_flow_conditioning(width, pooled, seed=1, scale=4.0)
+    edited = tiny_models.tiny_flow_conditioning(width, pooled, seed=2, scale=4.0)
+    reference = _latent(seed=5)
+    with_ref = [[c, dict(extra, reference_latents=[reference["samples"]])] for c, extra in cond]
+    edited_ref = [[c, dict(extra, reference_latents=[reference["samples"]])] for c, extra in edited]
+    inverted = _invert(comfy, model, with_ref, _latent(seed=2))[0]
+    rows, inner = [], guided_flow.explicit_joint_attention
+
+    def spy(q, k, v, heads, text, image, **kw):
+        out, maps = inner(q, k, v, heads, text=text, image=image, **kw)
+        rows.append((k.shape[-2] if kw.get("skip_reshape") else k.shape[1], maps.shape[-2]))
+        return out, maps
+
+    guided_flow.explicit_joint_attention = spy
+    try:
+        off, on = {}, {}
+        _edit(comfy, model, with_ref, inverted, edited_ref, 0.0, results=off)
+        _edit(comfy, model, with_ref, inverted, edited_ref, 1.0, results=on)
+    finally:
+        guided_flow.explicit_joint_attention = inner
+    # 8 x 8 latent, 2 x 2 patches: 16 image tokens, and 16 more of the reference image; 77 text tokens
+    assert rows and all(tokens == 77 + 32 and n == 16 for tokens, n in rows), rows[:3]
+    # the step after the first guided one: the guidance lowered the map loss
+    assert on["losses"][1]["edited"] < off["losses"][1]["edited"]
+
+
 @pytest.mark.parametrize("variant", ["Chroma", "Flux2", "HunyuanVideo"])
 def test_other_flow_models_are_refused_by_name_before_any_model_call(comfy, pack_nodes, variant):
     """A model whose class is not SD3 or Flux (Chroma and Flux 2 subclass Flux with other blocks; HunyuanVideo has
