@@ -532,5 +532,13 @@ def test_photo_example_runs_from_the_frontend(browser, server, base_dir, screens
 
 
 def test_no_page_errors(browser):
-    """Runs last in this module: no uncaught exception in the page while the examples were opened and run."""
+    """Runs last in this module: no uncaught exception in the page while the examples were opened and run. It opens
+    every example in both renderers itself first, so that it checks the pack's workflows even when run alone."""
+    for renderer in RENDERERS:
+        if renderer == "nodes2" and _frontend_version(browser.page) < NODES_2_FROM:
+            continue
+        _use_renderer(browser, renderer)
+        for path in WORKFLOWS:
+            assert _open_file(browser, path) == [], f"opening {os.path.basename(path)} in {renderer}"
+            browser.page.wait_for_timeout(300)
     assert browser.errors == [], browser.errors
