@@ -115,7 +115,7 @@ class InvertLatent:
             # optional and last, so workflows and API prompts saved before it existed load unchanged (they get the
             # default)
             "optional": {
-                "fixed_point_iters": ("INT", {"default": DEFAULT_FIXED_POINT_ITERS, "min": 0, "max": 10, "tooltip": "0: the paper's first-order inversion (one model call per step), which only approximates the sampler's step. 1-3: solve each step exactly by fixed-point iterations (one more call per step each): the round trip gets about 10x closer per iteration on a smooth model. bench/README.md has the measurements."}),
+                "fixed_point_iters": ("INT", {"default": DEFAULT_FIXED_POINT_ITERS, "min": 0, "max": 10, "tooltip": "0: the paper's first-order inversion (one model call per step), which only approximates the sampler's step. 1-3: solve each step as the exact inverse of the sampler's step by fixed-point iterations (one more model call per step each); worth it with reg_steps 0. Measurements: bench/README.md, Exact inversion."}),
             },
         }
 

@@ -298,8 +298,8 @@ def refine_taesd(out_dir, seed=0, reduced=False, minutes=None, world_seed=0, lat
     reconstructions as circles or squares (shape 88 % overall, small objects 73 %): the points of a 16-px star need
     more than one conv at full resolution.
     - stage "decoder": the encoder (so the latents, vae_scale and vae_shift) fixed; the raw latents of the training
-      renders are computed once, so a step costs the decoder's forward and backward only. Measured: test PSNR 23.8 ->
-      24.7 dB in 1,500 steps, shape on reconstructions unchanged (88.6 %): the information is lost in the encoder.
+      renders are computed once, so a step costs the decoder's forward and backward only. It sharpened the decoder but
+      did not bring back small stars (figures: bench/README.md, "The learned world").
     - stage "all": encoder and decoder together (the latents move; vae_scale / vae_shift are measured again).
     Resumable; overwrites taesd[-sd3].safetensors, keeping the file it started from as
     taesd[-sd3]-<stage1|stage2>.safetensors, and writes taesd[-sd3]-refine[-all].json."""
