@@ -380,6 +380,13 @@ def flow_guided_edit_node(model, positive, inverted_latent, steps, cfg, lambda_x
 
         edited_positive = edit_conditioning(positive, direction, direction_multiplier)
     use_negative = family == "sd3"  # Flux is guidance-distilled: its embedded guidance, no negative pass
+    params = getattr(model.model.diffusion_model, "params", None)
+    if family == "flux" and params is not None and not getattr(params, "guidance_embed", True):
+        # Flux.1-schnell (no guidance embedding) is distilled to sample in 1-4 steps; pix2pix-zero's inversion and
+        # guidance assume a model that follows its ODE over many steps, which schnell was not trained to do.
+        logging.warning("pix2pix-zero Guided Edit: this Flux model has no guidance embedding (Flux.1-schnell, "
+                        "distilled for 1-4 steps); inversion and guidance over %d steps are untested on it and may "
+                        "not reconstruct the image. Flux.1-dev is the tested model", steps)
     check_no_cfg_patches(model, use_negative and cfg != 1.0)
     if not use_negative and (cfg != 1.0 or negative is not None):
         logging.info("pix2pix-zero Guided Edit: Flux is guidance-distilled; both branches run once at the "

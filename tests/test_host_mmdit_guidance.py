@@ -383,6 +383,19 @@ def test_kontext_reference_tokens_are_not_map_rows(comfy, pack_nodes):
     assert on["losses"][1]["edited"] < off["losses"][1]["edited"]
 
 
+def test_flux_schnell_is_warned_about(comfy, pack_nodes, caplog):
+    """The tiny Flux has no guidance embedding, as Flux.1-schnell (distilled for 1-4 steps): the edit runs and says
+    in the log that many-step inversion and guidance are untested on such a model."""
+    model, width, pooled = tiny_models.tiny_mmdit_model("flux", seed=3)
+    assert not model.model.diffusion_model.params.guidance_embed
+    cond = tiny_models.tiny_flow_conditioning(width, pooled, seed=1)
+    edited = tiny_models.tiny_flow_conditioning(width, pooled, seed=2)
+    inverted = _invert(comfy, model, cond, _latent(seed=2))[0]
+    with caplog.at_level("WARNING"):
+        _edit(comfy, model, cond, inverted, edited, 0.1)
+    assert any("Flux.1-schnell" in r.getMessage() for r in caplog.records)
+
+
 @pytest.mark.parametrize("variant", ["Chroma", "Flux2", "HunyuanVideo"])
 def test_other_flow_models_are_refused_by_name_before_any_model_call(comfy, pack_nodes, variant):
     """A model whose class is not SD3 or Flux (Chroma and Flux 2 subclass Flux with other blocks; HunyuanVideo has

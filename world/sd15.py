@@ -224,7 +224,8 @@ def train_sd15(out_dir, seed=0, reduced=False, minutes=None, world_seed=0, comfy
     import torch
     import torch.nn.functional as F
     from scripts import comfy_host
-    comfy_host.boot(comfyui, device="cpu", extra_nodes=False)
+    # SDPA: ComfyUI's CPU default (sub-quadratic attention) is several times slower, forward and backward
+    comfy_host.boot(comfyui, device="cpu", attention="pytorch", extra_nodes=False)
     from .taesd import load_taesd
 
     kind = "reduced" if reduced else "full"
