@@ -59,6 +59,9 @@ GUIDANCE_MODES = ("references", "paper")
 # denoise({branch: x}, sigma) -> {branch: denoised}: every branch's latent x (sigma space, [B, C, H, W]) with that
 # branch's conditioning, at noise level sigma; hosts batch the branches into one model call where they can.
 BranchDenoiser = Callable[[Mapping[str, torch.Tensor], float], Mapping[str, torch.Tensor]]
+# on_gradient_step(x, stepped, losses) after every gradient pass: x the latent before it, stepped {branch: its copy
+# after the gradient step}, losses {branch: map loss before it}
+GradientStepCallback = Callable[[torch.Tensor, Mapping[str, torch.Tensor], Mapping[str, float]], None]
 # callback(step, edited_x, reconstruction_x, eps, losses) after every step (x at sigmas[step + 1]; losses: the map loss
 # of each guided branch before its gradient step, {} when lambda_xa is 0 and no gradient pass runs).
 StepCallback = Callable[[int, torch.Tensor, torch.Tensor, torch.Tensor, dict], None]
@@ -94,6 +97,7 @@ class GuidedEditor:
         lambda_xa: float = 0.1,
         mode: str = "references",
         negative_is_caption: bool = False,
+        on_gradient_step: GradientStepCallback | None = None,
     ):
         if mode not in GUIDANCE_MODES:
             raise ValueError(f"unknown guidance mode {mode!r}; choose one of {', '.join(GUIDANCE_MODES)}")
@@ -108,6 +112,7 @@ class GuidedEditor:
         self.mode = mode
         self.use_cfg = self.cfg > 1.0  # the references batch the negative only when guidance_scale > 1
         self.negative_is_caption = negative_is_caption
+        self.on_gradient_step = on_gradient_step
         # (x, sigma, eps) of the last reference step's negative branch: the edit's first step reuses it
         self._reference_negative = None
 
@@ -192,6 +197,8 @@ class GuidedEditor:
             targets = {b: t for b, t in targets.items() if b != NEGATIVE}
         if self.lambda_xa > 0:
             stepped, losses = self._gradient_step(x, sigma, targets)
+            if self.on_gradient_step is not None:
+                self.on_gradient_step(x, dict(stepped), dict(losses))
         else:
             stepped = {b: x for b in targets}  # a zero step: the gradient pass is provably redundant
         for branch, value in exact.items():
@@ -238,15 +245,17 @@ def guided_edit(
     mode: str = "references",
     negative_is_caption: bool = False,
     callback: StepCallback | None = None,
+    on_gradient_step: GradientStepCallback | None = None,
 ) -> GuidedEditResult:
     """Reconstruct and edit the inverted latent x (sigma space, at sigmas[0]) down the descending `sigmas`.
 
     The reference (reconstruction) and the edit advance in lock step, so only the current step's maps are kept.
     Returns both final latents as the references decode them (see GuidedEditResult); callback (StepCallback)
-    receives every step's latents, noise prediction and map losses.
+    receives every step's latents, noise prediction and map losses; on_gradient_step (GradientStepCallback) every
+    gradient pass's result (for instruments and tests: the step each guided branch's latent took).
     """
     editor = GuidedEditor(denoise, maps, cfg=cfg, lambda_xa=lambda_xa, mode=mode,
-                          negative_is_caption=negative_is_caption)
+                          negative_is_caption=negative_is_caption, on_gradient_step=on_gradient_step)
     levels = [float(s) for s in sigmas]
     if len(levels) < 2 or any(b >= a for a, b in itertools.pairwise(levels)) or levels[-1] < 0:
         raise ValueError("sigmas must be strictly descending, non-negative and hold at least two levels")

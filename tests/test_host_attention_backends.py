@@ -58,18 +58,16 @@ def _guided_run(comfy, monkeypatch, setup, backend=None, model=None):
     import comfy.ldm.modules.attention as attention
 
     base, caption, edited, inverted = setup
-    guidance = _module(comfy, "core.guidance")
+    guided = _module(comfy, "nodes.guided")
     steps, losses = [], []
-    inner = guidance.GuidedEditor._gradient_step
+    inner = guided.guided_edit
 
-    def recording(self, x, sigma, targets):
-        stepped, values = inner(self, x, sigma, targets)
+    def on_gradient_step(x, stepped, values):  # core.guidance's public observer of each gradient pass
         steps.append({b: (s - x).double() for b, s in stepped.items()})
         losses.append(values)
-        return stepped, values
 
     with monkeypatch.context() as m:
-        m.setattr(guidance.GuidedEditor, "_gradient_step", recording)
+        m.setattr(guided, "guided_edit", lambda *a, **k: inner(*a, on_gradient_step=on_gradient_step, **k))
         if backend is not None:
             m.setattr(attention, "optimized_attention", getattr(attention, backend) if isinstance(backend, str) else backend)
         out = comfy.call_node("P2PZ_GuidedEdit", model=model or base, positive=caption, inverted_latent=inverted,
@@ -208,15 +206,14 @@ def test_no_repatch_and_no_weight_copies(comfy, monkeypatch, setup):
 
     before = ksampler()  # loads and patches the model
     monkeypatch.setattr(model_patcher.ModelPatcher, "patch_weight_to_device", counting)
-    guidance = _module(comfy, "core.guidance")
-    step = guidance.GuidedEditor._gradient_step
+    guided = _module(comfy, "nodes.guided")
+    inner = guided.guided_edit
 
-    def looking(self, *args, **kwargs):  # the model's modules as the guided run sees them, mid-run
+    def looking(*args):  # the model's modules as the guided run sees them, mid-run (after each gradient pass)
         functions.extend(n for n, m in lora.model.named_modules()
                          if getattr(m, "weight_function", None) or getattr(m, "bias_function", None))
-        return step(self, *args, **kwargs)
 
-    monkeypatch.setattr(guidance.GuidedEditor, "_gradient_step", looking)
+    monkeypatch.setattr(guided, "guided_edit", lambda *a, **k: inner(*a, on_gradient_step=looking, **k))
     for _ in range(2):
         comfy.call_node("P2PZ_GuidedEdit", model=lora, positive=caption, inverted_latent=inverted, steps=STEPS,
                         cfg=5.0, lambda_xa=0.1, guidance="references", edited_positive=edited)

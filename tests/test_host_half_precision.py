@@ -38,18 +38,16 @@ def _bf16_twin(model):
 
 
 def _run(comfy, model, caption, edited, inverted):
-    guidance = _module(comfy, "core.guidance")
+    guided = _module(comfy, "nodes.guided")
     grads, losses = [], []
-    inner = guidance.GuidedEditor._gradient_step
+    inner = guided.guided_edit
 
-    def recording(self, x, sigma, targets):
-        stepped, values = inner(self, x, sigma, targets)
+    def on_gradient_step(x, stepped, values):  # core.guidance's public observer of each gradient pass
         grads.append({b: (s - x).double() for b, s in stepped.items()})
         losses.append(values)
-        return stepped, values
 
     mp = pytest.MonkeyPatch()
-    mp.setattr(guidance.GuidedEditor, "_gradient_step", recording)
+    mp.setattr(guided, "guided_edit", lambda *a, **k: inner(*a, on_gradient_step=on_gradient_step, **k))
     try:
         out, ref = comfy.call_node("P2PZ_GuidedEdit", model=model, positive=caption, inverted_latent=inverted,
                               steps=STEPS, cfg=5.0, lambda_xa=0.1, guidance="references", edited_positive=edited)
