@@ -82,5 +82,21 @@ def test_every_node_checks_the_model(comfy, pack_nodes, tiny_sd15_objects):
 
 @pytest.mark.parametrize("sampling,zsnr", [("eps", False), ("v_prediction", False), ("v_prediction", True)])
 def test_supported_kinds_pass(comfy, pack_nodes, tiny_sd15_objects, sampling, zsnr):
+    """Each supported kind is served with its own noise schedule: Noise Latent's x_T is the seed's unit noise at
+    that model's top DDIM level, sqrt(1 + sigma_T^2) * noise (zsnr's sigma_T is far larger than the default's),
+    in VAE-latent units; and a stock sampler along that model's schedule takes it back to a finite image latent."""
     patched = comfy.call_node("ModelSamplingDiscrete", model=tiny_sd15_objects[0], sampling=sampling, zsnr=zsnr)[0]
-    assert torch.isfinite(_noise(comfy, patched)["samples"]).all()
+    out = _noise(comfy, patched)
+    table = patched.get_model_object("model_sampling").sigmas
+    sigma_top = float(table[1 + 3 * (len(table) // 4)])  # 4 steps: the "leading" timesteps 1, 251, 501, 751
+    noise = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    expected = patched.get_model_object("latent_format").process_out(noise * (1 + sigma_top ** 2) ** 0.5)
+    # a handful of float32 operations on each side (rule 3): 8 roundings of the largest value
+    torch.testing.assert_close(out["samples"], expected, rtol=0, atol=8 * 2 ** -24 * float(expected.abs().max()))
+    assert out["p2pz_inversion"]["steps"] == 4
+    sampler = comfy.call_node("KSamplerSelect", sampler_name="ddim")[0]
+    sigmas = comfy.call_node("BasicScheduler", model=patched, scheduler="ddim_uniform", steps=4, denoise=1.0)[0]
+    cond = comfy.call_node("CLIPTextEncode", clip=tiny_sd15_objects[1], text="a cat")[0]
+    back = comfy.call_node("SamplerCustom", model=patched, add_noise=False, noise_seed=0, cfg=1.0, positive=cond,
+                           negative=cond, sampler=sampler, sigmas=sigmas, latent_image=out)[0]["samples"]
+    assert torch.isfinite(back).all() and back.abs().max() < out["samples"].abs().max()
