@@ -31,18 +31,17 @@ import torch.utils.checkpoint
 
 from ..core.attention import AttentionMaps
 from ..core.flow_guidance import flow_guided_edit
-from ..core.guidance import CAPTION, EDITED, NEGATIVE
 from ..core.inference_weights import normal_tensor_weights
 from ..core.inversion import INVERSION_NAN_CAUSES, check_latent
 from ..core.joint_attention import apply_rope, explicit_joint_attention, token_slices
 from ..core.schedule import FlowSchedule
 from .attention_backends import OVERRIDE_KEY
+from .guided_shell import COND_KEYS, GuidedEditGuider, check_steps, run_guided_sampler, same_conditioning
 from .common import (CATEGORY, INVERSION_KEY, check_conditioning_batch, check_no_cfg_patches, check_plain_conditioning,
                      flow_model_sampling, log_map_loss)
 
 TAG_KEY = "p2pz_joint_block"  # set by our block wrappers in a copy of the transformer options
 OPTIONS_KEY = "p2pz_mmdit_guidance"  # model_options entry written by P2PZ_MMDiTGuidanceOptions
-COND_KEYS = {NEGATIVE: "negative", CAPTION: "positive", EDITED: "edited"}
 # Defaults (see docs/nodes.md, the memory estimate): guidance on the first half of the steps, every joint block,
 # per-block gradient checkpointing; they fit SD 3.5 Medium at 1024 px in 24 GB.
 DEFAULT_OPTIONS = {"guided_fraction": 0.5, "block_stride": 1, "checkpoint_blocks": True}
@@ -357,8 +356,6 @@ def _flow_sigmas(latent):
 def flow_guided_edit_node(model, positive, inverted_latent, steps, cfg, lambda_xa, guidance, negative=None,
                           direction=None, direction_multiplier=1.0, edited_positive=None):
     """P2PZ_GuidedEdit's function for flow models (nodes/guided.py dispatches here)."""
-    # lazy: guided.py imports this module lazily too
-    from .guided import GuidedEditGuider, _same_conditioning, check_steps, run_guided_sampler
 
     flow_model_sampling(model, "guided editing")
     family = family_of(model)
@@ -391,7 +388,7 @@ def flow_guided_edit_node(model, positive, inverted_latent, steps, cfg, lambda_x
     if not use_negative and (cfg != 1.0 or negative is not None):
         logging.info("pix2pix-zero Guided Edit: Flux is guidance-distilled; both branches run once at the "
                      "conditioning's guidance value (FluxGuidance), cfg and negative are not used")
-    negative_is_caption = negative is None or _same_conditioning(negative, positive)
+    negative_is_caption = negative is None or same_conditioning(negative, positive)
     negative = positive if negative is None else negative
     batch = samples.shape[0]
     for cond, what in ((positive, "positive"), (negative, "negative"), (edited_positive, "edited_positive")):

@@ -59,7 +59,7 @@ def _edit(comfy, model, positive, inverted, steps, **kw):
 def runs(comfy, pack_nodes, monkeypatch):
     """Records every guided run's per-step map losses (map_losses.recording: measured also without guidance) and
     the attn2 layer keys whose maps reached the recorder."""
-    guided = _module(comfy, "nodes.guided")
+    guided = _module(comfy, "nodes.guided_unet")
     attention = _module(comfy, "core.attention")
     results, layers = [], set()
 
@@ -105,7 +105,7 @@ def test_layouts_guidance_lowers_the_map_loss(comfy, pack_nodes, runs, layout):
     outputs = {}
     for value in (0.0, lam):
         outputs[value] = _edit(comfy, model, caption, inverted, 6, lambda_xa=value, edited_positive=edited)
-    guided = _module(comfy, "nodes.guided")
+    guided = _module(comfy, "nodes.guided_unet")
     assert len(layers) == ATTN2_LAYERS[layout] == len(guided.attn2_layers(model.model.diffusion_model))
     unguided, with_guidance = (total(losses) for losses in results)
     assert 0 < with_guidance < unguided, (unguided, with_guidance)

@@ -38,7 +38,7 @@ def _bf16_twin(model):
 
 
 def _run(comfy, model, caption, edited, inverted):
-    guided = _module(comfy, "nodes.guided")
+    guided = _module(comfy, "nodes.guided_unet")
     grads, losses = [], []
     inner = guided.guided_edit
 
