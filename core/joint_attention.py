@@ -65,6 +65,11 @@ def explicit_joint_attention(
     qh, kh = at_least_float32(qh), at_least_float32(kh)
     scores = (qh @ kh.transpose(-1, -2)) * qh.shape[-1] ** -0.5
     if mask is not None:  # ComfyUI's masks: boolean (True = attend) or additive
+        # [L, L] and [batch, L, L] apply to every head, as ComfyUI's attention_pytorch broadcasts them
+        if mask.ndim == 2:
+            mask = mask.unsqueeze(0)
+        if mask.ndim == 3:
+            mask = mask.unsqueeze(1)
         if mask.dtype == torch.bool:
             scores = scores.masked_fill(~mask, float("-inf"))
         else:

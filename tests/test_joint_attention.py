@@ -61,3 +61,22 @@ def test_flow_step_is_the_references_step_on_the_vp_latent():
         x_leaf = x.clone().requires_grad_(True)
         (grad_x,) = torch.autograd.grad(((x_leaf - target) ** 2).sum(), [x_leaf])
         torch.testing.assert_close(x - flow_sgd_step_size(lam, sigma) * grad_x, moved_by_references)
+
+
+def test_masks_of_two_and_three_dimensions_apply_to_every_head_as_comfyuis():
+    """A mask [L, L] or [batch, L, L] applies to every head (ComfyUI's attention_pytorch unsqueezes it so): checked
+    against torch's SDPA with the mask given per head, additive and boolean, float64 (rule 2)."""
+    q, k, v = _qkv()
+    heads, n_txt, n_img = 3, 4, 7
+    text, image = token_slices(n_txt, n_img)
+    split = [t.reshape(2, 11, heads, 4).transpose(1, 2) for t in (q, k, v)]
+    g = torch.Generator().manual_seed(3)
+    additive = torch.randn(2, 11, 11, generator=g, dtype=torch.float64)
+    boolean = torch.rand(2, 11, 11, generator=g) > 0.3
+    boolean[..., 0] = True  # every row attends somewhere
+    for mask in (additive, boolean, additive[0], boolean[0]):
+        out, _ = explicit_joint_attention(q, k, v, heads, text=text, image=image, mask=mask)
+        per_head = (mask if mask.ndim == 3 else mask.expand(2, 11, 11))[:, None].expand(2, heads, 11, 11)
+        ref = torch.nn.functional.scaled_dot_product_attention(*split, attn_mask=per_head)
+        ref = ref.transpose(1, 2).reshape(2, 11, 12)
+        torch.testing.assert_close(out, ref, rtol=0, atol=same_math_atol(ref))
