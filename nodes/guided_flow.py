@@ -323,9 +323,8 @@ def _gradient_context(run):
         yield
 
 
-def _flow_sampler(run, settings, results):
+def _flow_sampler(run, settings, results, guider):
     def sample(model, x, sigmas, extra_args=None, callback=None, disable=None):
-        guider = model.inner_model
         denoise = _FlowDenoiser(guider, (extra_args or {}).get("model_options", {}), run)
 
         def on_step(step, x_edit, x_ref, x0, losses):
@@ -408,7 +407,7 @@ def flow_guided_edit_node(model, positive, inverted_latent, steps, cfg, lambda_x
     results = {}
     guider = GuidedEditGuider(patched, positive, negative, edited_positive, cfg if use_negative else 1.0)
     # KSAMPLER starts from (1 - s_top) * latent, the inverted x
-    return run_guided_sampler(guider, _flow_sampler(run, settings, results), patched, inverted_latent, samples,
+    return run_guided_sampler(guider, _flow_sampler(run, settings, results, guider), patched, inverted_latent, samples,
                               sigmas, steps, results)
 
 

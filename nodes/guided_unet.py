@@ -177,11 +177,10 @@ class _BranchDenoiser:
         return dict(zip(names, out))
 
 
-def _guided_sampler(run, settings, start_level, results):
+def _guided_sampler(run, settings, start_level, results, guider):
     """A ComfyUI SAMPLER whose loop is core.guidance.guided_edit (sigmas: the references' DDIM levels)."""
 
     def sample_guided(model, x, sigmas, extra_args=None, callback=None, disable=None):
-        guider = model.inner_model  # KSamplerX0Inpaint -> the guider
         denoise = _BranchDenoiser(guider, (extra_args or {}).get("model_options", {}), run)
         levels = [float(s) for s in sigmas]
 
@@ -277,5 +276,5 @@ def unet_guided_edit(model, positive, inverted_latent, steps, cfg, lambda_xa, gu
     settings = {"cfg": cfg, "lambda_xa": lambda_xa, "mode": guidance, "negative_is_caption": negative_is_caption}
     results = {}
     guider = GuidedEditGuider(patched, positive, negative, edited_positive, cfg)
-    sampler = _guided_sampler(run, settings, start_level, results)
+    sampler = _guided_sampler(run, settings, start_level, results, guider)
     return run_guided_sampler(guider, sampler, patched, inverted_latent, samples, sigmas, steps, results)
