@@ -288,12 +288,23 @@ def load_pack():
     if not ok:
         log = "\n".join(handler.lines) or "(nothing logged)"
         raise HostError(f"ComfyUI could not load the pack from {PACK_DIR} (via {link}):\n{log}")
-    module = sys.modules.get(link.replace(".", "_x_"))  # the sys.modules key load_custom_node uses
+    module = _module_of_file(os.path.join(PACK_DIR, "__init__.py"))  # whatever name ComfyUI's loader gave it
     mappings = getattr(module, "NODE_CLASS_MAPPINGS", None) if module is not None else None
     if mappings is None:
         mappings = {k: v for k, v in nodes.NODE_CLASS_MAPPINGS.items() if before.get(k) is not v}
     _state.update(pack_module=module, pack_mappings=mappings)
     return mappings
+
+
+def _module_of_file(path):
+    """The imported module whose file is ``path`` (links resolved), or None: found by what it is, not by the
+    private naming scheme of ComfyUI's custom-node loader, which may change."""
+    target = os.path.realpath(path)
+    for module in list(sys.modules.values()):
+        file = getattr(module, "__file__", None)
+        if file and os.path.realpath(file) == target:
+            return module
+    return None
 
 
 def pack_module():
