@@ -13,16 +13,8 @@ import torch
 from core import invert_latent, inversion_schedule
 from core.inversion import invert_flow_latent
 from core.schedule import regeneration_sigmas
-from scripts.diffusers_tiny import tiny_unet, unet_denoiser
+from test_inversion import smooth_model64  # noqa: F401  (the fixture: the smooth tiny UNet in float64)
 from tolerances import same_math_atol
-
-
-@pytest.fixture(scope="module")
-def smooth_model64():
-    """A tiny SD-shaped UNet with a denoiser-like smooth response to its input (tiny_unet's input_gain), float64."""
-    unet = tiny_unet(seed=0, input_gain=0.001).double()
-    context = torch.randn(1, 77, 32, generator=torch.Generator().manual_seed(1)).double()
-    return unet_denoiser(unet, context)
 
 
 def _latent(channels=4, batch=1, seed=2):

@@ -24,12 +24,9 @@ Latent units (read from ComfyUI 0.8.0 / 0.3.x ``comfy/taesd/taesd.py`` and ``com
 
 from __future__ import annotations
 
-import json
-import math
 import os
 import time
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -150,6 +147,28 @@ def psnr(a, b):
     return 10 * torch.log10(1.0 / mse)
 
 
+def _weighted_batch(x_all, m_all, idx, rng, object_weight):
+    """Images idx in [0, 1], their loss weights and a random horizontal flip of each (flags returned). The object
+    (dilated by 2 px, so its edges count) weighs object_weight x in the reconstruction loss: what the judge and the
+    edits read is the shape and its colour, not the background's texture phase."""
+    x = x_all[idx].float() / 255.0
+    w = 1.0 + (object_weight - 1.0) * F.max_pool2d(m_all[idx].float() / 255.0, 5, 1, 2)
+    flip = torch.from_numpy(rng.random(len(idx)) < 0.5)
+    x = torch.where(flip[:, None, None, None], x.flip(-1), x)
+    w = torch.where(flip[:, None, None, None], w.flip(-1), w)
+    return x, w, flip
+
+
+def _reconstruction_loss(y, x, w):
+    return ((y - x).abs() * w).mean() + ((y - x) ** 2 * w).mean()
+
+
+def _latent_penalty(z):
+    """Keeps raw latents near zero mean and unit variance per channel, and inside the decoder's soft clamp."""
+    zc = z.transpose(0, 1).flatten(1)  # [C, B*h*w]
+    return zc.mean(1).pow(2).mean() + (zc.std(1) - 1.0).pow(2).mean() + F.relu(z.abs() - 2.5).pow(2).mean()
+
+
 def train_taesd(out_dir, seed=0, reduced=False, minutes=None, world_seed=0, latent_format="sd15", steps=None):
     """Train TAESD on the world's train renders (L1 + MSE reconstruction, latent mean / variance penalty, a little
     latent noise before decoding so the decoder tolerates imperfect latents). Mostly on 32 x 32 crops aligned to the
@@ -187,13 +206,7 @@ def train_taesd(out_dir, seed=0, reduced=False, minutes=None, world_seed=0, late
         full = step >= cfg["full_from"] * total
         bsz = cfg["batch"] // 2 if full else cfg["batch"]
         idx = torch.from_numpy(rng.choice(n, bsz, replace=False))
-        x = x_all[idx].float() / 255.0
-        # the object (dilated by 2 px, so its edges count) weighs object_weight x in the reconstruction loss:
-        # what the judge and the edits read is the shape and its colour, not the background's texture phase
-        w = 1.0 + (cfg["object_weight"] - 1.0) * F.max_pool2d(m_all[idx].float() / 255.0, 5, 1, 2)
-        flip = torch.from_numpy(rng.random(bsz) < 0.5)
-        x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-        w = torch.where(flip[:, None, None, None], w.flip(-1), w)
+        x, w, _ = _weighted_batch(x_all, m_all, idx, rng, cfg["object_weight"])
         if not full:
             c = cfg["crop"]
             oy, ox = (8 * rng.integers(0, (64 - c) // 8 + 1, size=2)).tolist()
@@ -203,10 +216,8 @@ def train_taesd(out_dir, seed=0, reduced=False, minutes=None, world_seed=0, late
         z = model.encode_raw(x)
         zn = z + cfg["latent_noise"] * torch.randn(z.shape, generator=g) * (torch.rand(bsz, 1, 1, 1, generator=g) < 0.5)
         y = model.decode_raw(zn)
-        rec = ((y - x).abs() * w).mean() + ((y - x) ** 2 * w).mean()
         zc = z.transpose(0, 1).flatten(1)                      # [C, B*h*w]
-        reg = zc.mean(1).pow(2).mean() + (zc.std(1) - 1.0).pow(2).mean() + F.relu(z.abs() - 2.5).pow(2).mean()
-        loss = rec + 0.02 * reg
+        loss = _reconstruction_loss(y, x, w) + 0.02 * _latent_penalty(z)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -352,11 +363,7 @@ def refine_taesd(out_dir, seed=0, reduced=False, minutes=None, world_seed=0, lat
         rng = loop.step_rng(seed, step, 5)
         bsz = cfg["batch"]
         idx = torch.from_numpy(rng.choice(n, bsz, replace=False))
-        x = x_all[idx].float() / 255.0
-        w = 1.0 + (cfg["object_weight"] - 1.0) * F.max_pool2d(m_all[idx].float() / 255.0, 5, 1, 2)
-        flip = torch.from_numpy(rng.random(bsz) < 0.5)
-        x = torch.where(flip[:, None, None, None], x.flip(-1), x)
-        w = torch.where(flip[:, None, None, None], w.flip(-1), w)
+        x, w, flip = _weighted_batch(x_all, m_all, idx, rng, cfg["object_weight"])
         if train_encoder:
             z = model.encode_raw(x)
         else:  # a flipped image's latent taken as the flipped latent (the encoder is nearly equivariant)
@@ -364,11 +371,9 @@ def refine_taesd(out_dir, seed=0, reduced=False, minutes=None, world_seed=0, lat
         g = loop.torch_generator(seed, step, 5)
         zn = z + cfg["latent_noise"] * torch.randn(z.shape, generator=g) * (torch.rand(bsz, 1, 1, 1, generator=g) < 0.5)
         y = model.decode_raw(zn)
-        loss = ((y - x).abs() * w).mean() + ((y - x) ** 2 * w).mean()
+        loss = _reconstruction_loss(y, x, w)
         if train_encoder:  # keep the raw latents standardised, as the first stage did
-            zc = z.transpose(0, 1).flatten(1)
-            loss = loss + 0.02 * (zc.mean(1).pow(2).mean() + (zc.std(1) - 1.0).pow(2).mean()
-                                  + F.relu(z.abs() - 2.5).pow(2).mean())
+            loss = loss + 0.02 * _latent_penalty(z)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
