@@ -101,14 +101,19 @@ def check_arguments(args):
     except (UnidentifiedImageError, OSError, ValueError) as e:
         raise CommandError(f"cannot read {image} as an image ({type(e).__name__}: {e}): give a PNG, JPEG or WebP "
                            f"photo") from None
+    return read_workflow(args.workflow)
+
+
+def read_workflow(path):
+    """A UI-format workflow file (as ComfyUI's Workflow > Save writes it), or a CommandError saying why not."""
     try:
-        with open(args.workflow, encoding="utf-8") as f:
+        with open(path, encoding="utf-8") as f:
             workflow = json.load(f)
     except (OSError, ValueError) as e:
-        raise CommandError(f"cannot read the workflow {args.workflow}: {e}") from None
+        raise CommandError(f"cannot read the workflow {path}: {e}") from None
     if not isinstance(workflow, dict) or not isinstance(workflow.get("nodes"), list):
-        raise CommandError(f"{args.workflow} is not a UI-format ComfyUI workflow (no 'nodes' list): save it from "
-                           f"ComfyUI with Workflow > Save")
+        raise CommandError(f"{path} is not a UI-format ComfyUI workflow (no 'nodes' list): save it from ComfyUI "
+                           f"with Workflow > Save")
     return workflow
 
 
@@ -324,6 +329,30 @@ def output_stem(source, target):
     return f"{slug(source)}_to_{slug(target)}"
 
 
+def edit_settings(args, photo=True):
+    """The widgets this command (and collect_pairs.py) sets in the edit workflow, as (node type, widget, value):
+    checkpoint, edit words, seed, sentences, steps and size. ``photo``: the photo workflow (Invert Latent after an
+    Image Scale); else the generate-then-edit workflow (Noise Latent)."""
+    settings = [("CheckpointLoaderSimple", "ckpt_name", args.checkpoint),
+                ("P2PZ_BuildDirection", "source", args.source),
+                ("P2PZ_BuildDirection", "target", args.target),
+                ("P2PZ_BuildDirection", "seed", args.seed),
+                ("P2PZ_BuildDirection", "count", args.sentences),
+                ("P2PZ_GuidedEdit", "steps", args.steps)]
+    if photo:
+        settings += [("P2PZ_InvertLatent", "steps", args.steps),
+                     ("P2PZ_InvertLatent", "seed", args.seed),
+                     ("ImageScale", "width", args.size),
+                     ("ImageScale", "height", args.size)]
+        if args.blip:
+            settings.append(("P2PZ_BLIPCaption", "blip_model", args.blip))
+    else:
+        settings += [("P2PZ_NoiseLatent", "steps", args.steps),
+                     ("P2PZ_NoiseLatent", "width", args.size),
+                     ("P2PZ_NoiseLatent", "height", args.size)]
+    return settings
+
+
 def run(args, comfyui, workflow):
     image = os.path.abspath(args.image)
     input_dir = tempfile.mkdtemp(prefix="p2pz-input-")
@@ -344,19 +373,7 @@ def run(args, comfyui, workflow):
         from scripts.workflow_api import node_definitions_from_classes, set_widget, ui_to_api
 
         defs = node_definitions_from_classes(nodes.NODE_CLASS_MAPPINGS)
-        settings = [("LoadImage", "image", os.path.basename(image)),
-                    ("CheckpointLoaderSimple", "ckpt_name", args.checkpoint),
-                    ("P2PZ_BuildDirection", "source", args.source),
-                    ("P2PZ_BuildDirection", "target", args.target),
-                    ("P2PZ_BuildDirection", "seed", args.seed),
-                    ("P2PZ_BuildDirection", "count", args.sentences),
-                    ("P2PZ_InvertLatent", "steps", args.steps),
-                    ("P2PZ_InvertLatent", "seed", args.seed),
-                    ("P2PZ_GuidedEdit", "steps", args.steps),
-                    ("ImageScale", "width", args.size),
-                    ("ImageScale", "height", args.size)]
-        if args.blip:
-            settings.append(("P2PZ_BLIPCaption", "blip_model", args.blip))
+        settings = [("LoadImage", "image", os.path.basename(image))] + edit_settings(args)
         for node_type, name, value in settings:
             workflow = set_widget(workflow, node_type, name, value, defs)
         prompt = ui_to_api(workflow, defs)

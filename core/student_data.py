@@ -107,7 +107,8 @@ def change_score(original: torch.Tensor, edited: torch.Tensor) -> torch.Tensor:
 # Writing
 # ----------------------------------------------------------------------------------------------------------------
 
-def _to_png_bytes(image: torch.Tensor) -> bytes:
+def png_bytes(image: torch.Tensor) -> bytes:
+    """An RGB image [3, H, W] in [0, 1] as the bytes of an 8-bit PNG (rounded to the nearest level)."""
     Image = _pil()
     arr = (image.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
     buf = io.BytesIO()
@@ -164,35 +165,71 @@ def write_pair(dataset_dir: str, original: torch.Tensor, edited: torch.Tensor, r
     if original.ndim != 3 or original.shape[0] != 3 or original.shape != edited.shape:
         raise ValueError(f"a pair is two RGB images [3, H, W] of one size, got {tuple(original.shape)} and "
                          f"{tuple(edited.shape)}")
+    return write_pair_png(dataset_dir, png_bytes(original), png_bytes(edited),
+                          (int(original.shape[1]), int(original.shape[2])), record, max_tries)
+
+
+def write_pair_png(dataset_dir: str, input_png: bytes, edited_png: bytes, size: tuple[int, int],
+                   record: dict | None = None, max_tries: int = 1000, on_claim=None) -> int:
+    """`write_pair` for images already encoded as PNG (`size` = (height, width)); returns the index.
+
+    `on_claim(index, line)`, if given, is called with the chosen index and the complete pairs.jsonl line before
+    any file of the pair is created, so a caller can journal the claim and finish or undo a pair that a crash
+    left half written (see core.pair_ledger). It may be called again with the next index if another writer
+    takes the first one meanwhile."""
     in_dir, ed_dir = os.path.join(dataset_dir, INPUT_DIR), os.path.join(dataset_dir, EDITED_DIR)
     os.makedirs(in_dir, exist_ok=True)
     os.makedirs(ed_dir, exist_ok=True)
-    in_png, ed_png = _to_png_bytes(original), _to_png_bytes(edited)
     index = max(_existing_indices(dataset_dir), default=0) + 1
     for _ in range(max_tries):
         name = f"{index:06d}.png"
         if any(os.path.exists(os.path.join(d, f"{index:06d}{e}")) for d in (in_dir, ed_dir) for e in IMAGE_EXTS):
             index += 1
             continue
+        line = dict(record or {})
+        line.update(index=index, input=f"{INPUT_DIR}/{name}", edited=f"{EDITED_DIR}/{name}",
+                    size=[int(size[0]), int(size[1])],
+                    time=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+        if on_claim is not None:
+            on_claim(index, line)
         try:
-            _publish_exclusive(in_png, os.path.join(in_dir, name))
+            _publish_exclusive(input_png, os.path.join(in_dir, name))
         except FileExistsError:
             index += 1
             continue
         try:
-            _publish_exclusive(ed_png, os.path.join(ed_dir, name))
+            _publish_exclusive(edited_png, os.path.join(ed_dir, name))
         except FileExistsError:  # an edited image without its input appeared: leave it, give up our claim
             os.remove(os.path.join(in_dir, name))
             index += 1
             continue
-        line = dict(record or {})
-        line.update(index=index, input=f"{INPUT_DIR}/{name}", edited=f"{EDITED_DIR}/{name}",
-                    size=[int(original.shape[1]), int(original.shape[2])],
-                    time=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
-        with open(os.path.join(dataset_dir, PAIRS_FILE), "a", encoding="utf-8") as f:
-            f.write(json.dumps(line, sort_keys=True) + "\n")  # one write per line: concurrent appends stay whole
+        append_pair_line(dataset_dir, line)
         return index
     raise RuntimeError(f"could not find a free pair index in {dataset_dir} after {max_tries} tries")
+
+
+def append_pair_line(dataset_dir: str, line: dict) -> None:
+    """Append one record to pairs.jsonl (one write per line: concurrent appends stay whole)."""
+    with open(os.path.join(dataset_dir, PAIRS_FILE), "a", encoding="utf-8") as f:
+        f.write(json.dumps(line, sort_keys=True) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_pair_lines(dataset_dir: str) -> list[dict]:
+    """The records of pairs.jsonl (lines that are not JSON objects, e.g. one cut short by a crash, are skipped)."""
+    path = os.path.join(dataset_dir, PAIRS_FILE)
+    out = []
+    if os.path.isfile(path):
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if isinstance(rec, dict):
+                    out.append(rec)
+    return out
 
 
 @dataclasses.dataclass
@@ -252,15 +289,7 @@ def list_pairs(dataset_dir: str) -> list[tuple[int, str, str]]:
 
 def dataset_edit_name(dataset_dir: str) -> str:
     """The edit named in pairs.jsonl if all its lines agree ("" otherwise)."""
-    names = set()
-    path = os.path.join(dataset_dir, PAIRS_FILE)
-    if os.path.isfile(path):
-        with open(path, encoding="utf-8") as f:
-            for line in f:
-                try:
-                    names.add(str(json.loads(line).get("edit", "")))
-                except json.JSONDecodeError:
-                    continue
+    names = {str(rec.get("edit", "")) for rec in read_pair_lines(dataset_dir)}
     return names.pop() if len(names) == 1 else ""
 
 

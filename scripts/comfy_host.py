@@ -333,6 +333,17 @@ def call_node(node, **inputs):
 _captured = {}
 
 
+class _AnyType(str):
+    """A socket type equal to every type, for ComfyUI's validation on every version: 0.3.64 compares type names
+    with ``!=`` (and honours a ``__ne__`` override, as its validate_node_input says), where later versions also
+    accept "*"."""
+
+    def __ne__(self, other):
+        return False
+
+    __hash__ = str.__hash__
+
+
 class _CaptureNode:
     """An output node that keeps what it receives, so a caller can read any node's output after a run without
     touching the executor's caches. ``run_prompt`` wires one to each output slot it is asked to capture."""
@@ -345,7 +356,7 @@ class _CaptureNode:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {"required": {"value": ("*", {}), "key": ("STRING", {"default": ""})}}
+        return {"required": {"value": (_AnyType("*"), {}), "key": ("STRING", {"default": ""})}}
 
     @classmethod
     def IS_CHANGED(cls, **kwargs):
@@ -445,13 +456,11 @@ def run_prompt(prompt, extra_data=None, executor=None, capture="all", on_message
     nodes = _nodes()
     prompt = copy.deepcopy(prompt)
     prompt_id = prompt_id or str(uuid.uuid4())
-    ok, error, outputs_to_execute, node_errors = validate(prompt, prompt_id)
-    if not ok:
-        raise PromptError(format_validation_error(error, node_errors), node_errors=node_errors)
 
     keys = {}
-    if capture is not None:
-        wanted = _producing_nodes(prompt, outputs_to_execute) if capture == "all" else {str(c) for c in capture}
+
+    def add_captures(wanted):
+        added = []
         for node_id in sorted(wanted):
             cls = nodes.NODE_CLASS_MAPPINGS.get(prompt[node_id]["class_type"])
             for slot in range(len(getattr(cls, "RETURN_TYPES", ()) or ())):
@@ -459,7 +468,18 @@ def run_prompt(prompt, extra_data=None, executor=None, capture="all", on_message
                 capture_id = f"p2pz-capture-{node_id}-{slot}"
                 prompt[capture_id] = {"class_type": CAPTURE_NODE, "inputs": {"value": [node_id, slot], "key": key}}
                 keys[(node_id, slot)] = key
-                outputs_to_execute = list(outputs_to_execute) + [capture_id]
+                added.append(capture_id)
+        return added
+
+    # Named nodes are captured before validation, so a prompt whose only outputs are its captures (no Save or
+    # Preview node: collect_pairs.py's) is valid; "all" needs the validated outputs to know what runs.
+    if capture is not None and capture != "all":
+        add_captures({str(c) for c in capture})
+    ok, error, outputs_to_execute, node_errors = validate(prompt, prompt_id)
+    if not ok:
+        raise PromptError(format_validation_error(error, node_errors), node_errors=node_errors)
+    if capture == "all":
+        outputs_to_execute = list(outputs_to_execute) + add_captures(_producing_nodes(prompt, outputs_to_execute))
 
     if executor is None:
         executor = new_executor(on_message)

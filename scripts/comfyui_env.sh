@@ -48,7 +48,8 @@ make_venv() {
   "$py" -m pip install -q torch==2.14.1 torchvision==0.29.1
   grep -vE '^\s*(torch|torchvision|torchaudio)\s*$' "$comfyui/requirements.txt" > "$venv/comfyui-requirements.txt"
   "$py" -m pip install -q -r "$venv/comfyui-requirements.txt"
-  "$py" -m pip install -q -r "$here/requirements.txt" diffusers==0.42.1 pytest playwright
+  # ray: the optional extra of collect_pairs.py (pyproject.toml), so its multi-worker tests run
+  "$py" -m pip install -q -r "$here/requirements.txt" diffusers==0.42.1 pytest playwright "ray>=2.40"
   echo "virtualenv $venv for ComfyUI $comfyui"
 }
 
