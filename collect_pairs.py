@@ -115,7 +115,7 @@ def _unreadable(path):
 
 def seed_items(args, edit, settings, ledger_key):
     seeds = parse_seeds(args.seeds)
-    prompts = [p.strip() for p in args.prompt]
+    prompts = [p.strip() for p in args.prompt if p.strip()]
     items = []
     for seed in list(seeds)[:args.limit] if args.limit else seeds:
         text = prompts[seed % len(prompts)]
@@ -134,11 +134,18 @@ def check_arguments(args):
     if bool(args.photos) == bool(args.seeds):
         raise CommandError("say what to edit: --photos FOLDER (real photos) or --seeds START:STOP with --prompt "
                            "(generated images)")
+    if args.prompts_file:
+        try:
+            with open(args.prompts_file, encoding="utf-8") as f:
+                args.prompt = list(args.prompt) + [line.strip() for line in f if line.strip()]
+        except (OSError, UnicodeDecodeError) as e:
+            raise CommandError(f"--prompts-file {args.prompts_file}: cannot read it ({e}): give a UTF-8 text file, "
+                               f"one prompt per line") from None
     if args.seeds and not [p for p in args.prompt if p.strip()]:
-        raise CommandError('--seeds needs --prompt TEXT (the image each seed generates, e.g. --prompt "a photo of '
-                           'a cat"); several --prompt are used in turn')
+        raise CommandError('--seeds needs --prompt TEXT or --prompts-file FILE (the image each seed generates, e.g. '
+                           '--prompt "a photo of a cat"); several prompts are used in turn')
     if args.photos and args.prompt:
-        raise CommandError("--prompt is for --seeds: photos are captioned by BLIP")
+        raise CommandError("--prompt and --prompts-file are for --seeds: photos are captioned by BLIP")
     if args.photos:
         photo_names(args.photos)
     else:
@@ -407,6 +414,8 @@ def parse_args(argv):
     what.add_argument("--prompt", action="append", default=[],
                       help="with --seeds: the prompt each seed generates from; repeat it for several (seed s uses "
                            "prompt number s mod their count)")
+    what.add_argument("--prompts-file", help="with --seeds: a text file of prompts, one per line, used in turn with "
+                                             "any --prompt (e.g. thousands of captions of the source)")
     what.add_argument("--limit", type=int, help="at most this many items (the first ones)")
     edit = p.add_argument_group("the edit")
     edit.add_argument("--source", help='what the images show ("cat")')

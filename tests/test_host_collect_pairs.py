@@ -66,6 +66,7 @@ def _keys(folder):
     (("--photos", "{empty}", "--source", "cat", "--target", "dog"), "holds no .png"),
     (("--seeds", "0:3", "--source", "cat", "--target", "dog"), "needs --prompt"),
     (("--seeds", "5:2", "--prompt", "a cat", "--source", "cat", "--target", "dog"), "is empty"),
+    (("--seeds", "0:3", "--prompts-file", "{missing}", "--source", "cat", "--target", "dog"), "cannot read it"),
     (("--photos", "{photos}", "--source", "cat", "--target", "Cat"), "the same"),
     (("--photos", "{photos}", "--source", "cat", "--target", "dog", "--size", "60"), "multiple of 8"),
     (("--photos", "{photos}", "--source", "cat", "--target", "dog", "--no-ray", "--workers", "2"), "--no-ray"),

@@ -222,7 +222,6 @@ def _prepare_data(out_dir, cfg, world_seed, te_seed, taesd, clip):
 
 def train_sd15(out_dir, seed=0, reduced=False, minutes=None, world_seed=0, comfyui=None, unet=None, steps=None):
     import torch
-    import torch.nn.functional as F
     from scripts import comfy_host
     # SDPA: ComfyUI's CPU default (sub-quadratic attention) is several times slower, forward and backward
     comfy_host.boot(comfyui, device="cpu", attention="pytorch", extra_nodes=False)
