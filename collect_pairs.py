@@ -186,7 +186,28 @@ def check_arguments(args):
         raise CommandError(f"--workers {args.workers}: give at least 1")
     if args.no_ray and (args.address or (args.workers or 1) > 1):
         raise CommandError("--no-ray runs one in-process worker: leave out --address and --workers")
+    if args.address:
+        check_cluster_reachable(args.address)
     return edit_image.read_workflow(args.workflow or (PHOTO_WORKFLOW if args.photos else SEED_WORKFLOW))
+
+
+def check_cluster_reachable(address, timeout=5.0):
+    """Refuse, within seconds, a Ray address nothing listens on (Ray itself retries for minutes). 'auto' and
+    ray:// client addresses are left to Ray."""
+    import socket
+
+    if address == "auto" or "://" in address:
+        return
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise CommandError(f"--address {address!r}: give the head's HOST:PORT as `ray start --head` printed it "
+                           f"(e.g. 192.168.1.10:6379)")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
+    except OSError as e:
+        raise CommandError(f"cannot reach the Ray cluster at {address} ({e.strerror or e}): start it with `ray start "
+                           f"--head --port {port}` on {host}, check the address and that the port is open, or "
+                           f"leave --address out for a local Ray") from None
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ import json
 import os
 import socket
 
+from .errors import ERROR_MODULE
 from .student_data import (EDITED_DIR, IMAGE_EXTS, INPUT_DIR, PairFilter, append_pair_line, read_pair_lines,
                            write_pair_png)
 
@@ -34,6 +35,8 @@ KEY_VERSION = 1  # part of every key: bump when what a key covers changes, so ol
 
 class LedgerError(RuntimeError):
     """The folder cannot be collected into (locked by another run, unreadable); the message says what to do."""
+
+    __module__ = ERROR_MODULE
 
 
 def file_sha256(path: str, chunk: int = 1 << 20) -> str:

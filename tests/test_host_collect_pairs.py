@@ -71,11 +71,15 @@ def _keys(folder):
     (("--photos", "{photos}", "--source", "cat", "--target", "dog", "--size", "60"), "multiple of 8"),
     (("--photos", "{photos}", "--source", "cat", "--target", "dog", "--no-ray", "--workers", "2"), "--no-ray"),
     (("--photos", "{photos}", "--source", "cat", "--target", "dog", "--checkpoint", "../x.safetensors"), "refused"),
+    (("--photos", "{photos}", "--source", "cat", "--target", "dog", "--address", "127.0.0.1:{closed}"),
+     "cannot reach the Ray cluster"),
 ])
 def test_bad_input_is_refused_before_anything_starts(setup, tmp_path, args, message):
     base, photos = setup
     (tmp_path / "empty").mkdir()
-    args = [a.format(photos=photos, missing=tmp_path / "missing", empty=tmp_path / "empty") for a in args]
+    from scripts.comfy_host import free_port
+    args = [a.format(photos=photos, missing=tmp_path / "missing", empty=tmp_path / "empty", closed=free_port())
+            for a in args]
     started = time.monotonic()
     done = _cli(*args, "--output", str(tmp_path / "out"), importtime=True, timeout=60)
     errors = "\n".join(line for line in done.stderr.splitlines() if not line.startswith("import time:"))
@@ -85,6 +89,16 @@ def test_bad_input_is_refused_before_anything_starts(setup, tmp_path, args, mess
     assert time.monotonic() - started < 10
     assert not imported & set(HEAVY), sorted(imported & set(HEAVY))
     assert not (tmp_path / "out").exists()
+
+
+def test_a_checkpoint_missing_on_the_worker_is_named_with_its_folders(setup, tmp_path):
+    base, photos = setup
+    done = _cli("--photos", str(photos), "--source", "cat", "--target", "dog", "--checkpoint", "absent.safetensors",
+                "--base-directory", str(base), "--output", str(tmp_path / "out"), *FAST, timeout=300)
+    assert done.returncode == 2, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "checkpoint 'absent.safetensors' is not in ComfyUI's checkpoints folders" in done.stderr
+    assert str(base / "models" / "checkpoints") in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "out" / "input").exists()
 
 
 def test_one_worker_collects_photos_reruns_for_free_and_the_folder_trains_a_student(setup, tmp_path):
