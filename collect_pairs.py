@@ -389,7 +389,8 @@ def run(args, workflow, on_pool=None, stream=sys.stdout):
                 ledger.failed(item["key"], item["label"], reason)
                 progress.result("failed", f"{item['label']}: {reason}")
 
-            def load(item):  # photos travel to the workers as bytes: other machines need not see the folder
+            def load(item):  # read when a worker takes it (15,000 photos are never all in memory); photos travel
+                # to the workers as bytes, so other machines need not see the folder
                 if photos:
                     with open(item["path"], "rb") as f:
                         return dict(item, image_bytes=f.read())
@@ -397,8 +398,8 @@ def run(args, workflow, on_pool=None, stream=sys.stdout):
 
             status = 0
             try:
-                collect(_Loading(todo, load), pool, slots, on_result, on_failure, on_status=progress.worker,
-                        on_tick=progress.tick, max_attempts=args.max_attempts)
+                collect(todo, pool, slots, on_result, on_failure, on_status=progress.worker, on_tick=progress.tick,
+                        max_attempts=args.max_attempts, prepare=load)
             except NoWorkersLeft as e:
                 print(f"\nstopped: {e}", file=stream)
                 status = 1
@@ -414,17 +415,6 @@ def run(args, workflow, on_pool=None, stream=sys.stdout):
         return status or (1 if progress.counts["failed"] else 0)
     finally:
         ledger.close()
-
-
-class _Loading:
-    """The items, each loaded (photo bytes read) only when a worker takes it, so 15,000 photos are never all in
-    memory; iterates like a list for collect()."""
-
-    def __init__(self, items, load):
-        self.items, self.load = items, load
-
-    def __iter__(self):
-        return (self.load(item) for item in self.items)
 
 
 def parse_args(argv):

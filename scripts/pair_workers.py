@@ -452,10 +452,12 @@ class NoWorkersLeft(RuntimeError):
 
 
 def collect(items, pool, slots, on_result, on_failure, on_status=None, on_tick=None, max_attempts=3,
-            tick_seconds=1.0):
+            tick_seconds=1.0, prepare=None):
     """Run every item once on the pool's workers. An item whose worker dies goes back to the queue (another
     worker takes it); after `max_attempts` deaths with it, it is recorded as failed (it may be what kills them,
-    e.g. out of memory). Raises NoWorkersLeft when every worker is gone and items remain (they stay not done)."""
+    e.g. out of memory). Raises NoWorkersLeft when every worker is gone and items remain (they stay not done).
+    `prepare(item)`, if given, makes what is sent to a worker (e.g. reads the photo) when the item is handed out,
+    so only the items in flight are held in memory."""
     queue = collections.deque(items)
     deaths = collections.Counter()
     idle = collections.deque(slots)
@@ -466,7 +468,7 @@ def collect(items, pool, slots, on_result, on_failure, on_status=None, on_tick=N
             slot, item = idle.popleft(), queue.popleft()
             if on_status:
                 on_status(slot, f"on {item['label']}")
-            in_flight[pool.submit(slot, item)] = (slot, item)
+            in_flight[pool.submit(slot, prepare(item) if prepare else item)] = (slot, item)
         if not in_flight:
             raise NoWorkersLeft(f"every worker is gone ({last_reason}); {len(queue)} items not done: rerun to "
                                 f"do them")

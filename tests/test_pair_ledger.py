@@ -176,3 +176,22 @@ def test_no_worker_left_stops_with_the_items_not_done():
     pool = _ScriptedPool(deaths={("any", 0), ("any", 1)}, restarts=0)
     with pytest.raises(NoWorkersLeft, match="rerun"):
         collect(_items(4), pool, [0, 1], lambda item, r: None, lambda item, why: None)
+
+
+def test_items_are_prepared_when_handed_out_not_all_at_once():
+    """collect_pairs reads each photo when a worker takes it: the loop prepares an item at submission only (and
+    again when its worker died), so the items held prepared are the ones in flight."""
+    pool = _ScriptedPool(deaths={(0, 2)}, restarts=1)
+    prepared, results = [], []
+    outstanding = []
+
+    def prepare(item):
+        prepared.append(item["seed"])
+        outstanding.append(len(prepared) - len(results))
+        return dict(item, payload=b"x")
+
+    collect(_items(6), pool, [0, 1], lambda item, r: results.append(item["seed"]), lambda item, why: None,
+            prepare=prepare)
+    assert sorted(results) == list(range(6))
+    assert sorted(prepared) == [0, 1, 2, 2, 3, 4, 5]  # item 2 prepared again for the worker that replaced the dead one
+    assert max(outstanding) <= 3  # two workers' items, plus the one being handed out
