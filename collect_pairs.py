@@ -97,8 +97,7 @@ def photo_items(args, edit, settings, ledger_key):
     for name in names[:args.limit] if args.limit else names:
         path = os.path.join(folder, name)
         items.append({"label": name, "path": path, "ext": os.path.splitext(name)[1].lower(),
-                      "key": ledger_key({"sha256": _file_sha256(path)}, edit, settings),
-                      "unreadable": _unreadable(path)})
+                      "key": ledger_key({"sha256": _file_sha256(path)}, edit, settings)})
     return items
 
 
@@ -344,10 +343,12 @@ def run(args, workflow, on_pool=None, stream=sys.stdout):
         done = ledger.done_keys()
         todo = [item for item in items if item["key"] not in done]
         progress = Progress(len(items), len(items) - len(todo), stream=stream)
-        for item in [i for i in todo if i.get("unreadable")]:
-            ledger.failed(item["key"], item["label"], item["unreadable"])
-            progress.result("failed", f"{item['label']}: {item['unreadable']}")
-        todo = [i for i in todo if not i.get("unreadable")]
+        if photos:  # only the photos still to do are opened (a rerun of 15,000 done ones reads none again)
+            unreadable = {item["key"]: why for item in todo if (why := _unreadable(item["path"]))}
+            for item in [i for i in todo if i["key"] in unreadable]:
+                ledger.failed(item["key"], item["label"], unreadable[item["key"]])
+                progress.result("failed", f"{item['label']}: {unreadable[item['key']]}")
+            todo = [i for i in todo if i["key"] not in unreadable]
         if not todo:
             progress.summary(output, len(list_pairs(output)))
             return 1 if progress.counts["failed"] else 0

@@ -25,7 +25,7 @@ import os
 import socket
 
 from .errors import ERROR_MODULE
-from .student_data import (EDITED_DIR, IMAGE_EXTS, INPUT_DIR, PairFilter, append_pair_line, read_pair_lines,
+from .student_data import (EDITED_DIR, INPUT_DIR, PairFilter, append_pair_line, indexed_files, read_pair_lines,
                            write_pair_png)
 
 LOG_FILE = "collect_log.jsonl"
@@ -95,12 +95,13 @@ class PairLedger:
         os.makedirs(self.dataset_dir, exist_ok=True)
         self._take_lock()
         try:
-            self._recover()
+            journal = self._journal()
+            self._recover(journal)
         except BaseException:
             self.close()
             raise
         self._written = {rec["key"]: rec.get("index") for rec in read_pair_lines(self.dataset_dir) if rec.get("key")}
-        self._filtered = {e["key"] for e in self._journal() if e.get("event") == "filtered" and e.get("key")}
+        self._filtered = {e["key"] for e in journal if e.get("event") == "filtered" and e.get("key")}
 
     def close(self):
         if self._locked:
@@ -157,7 +158,7 @@ class PairLedger:
                         out.append(entry)
         return out
 
-    def _recover(self):
+    def _recover(self, journal):
         """Finish or undo the pairs a killed run left half written (claimed, no pairs.jsonl line)."""
         for sub in (INPUT_DIR, EDITED_DIR):  # _publish_exclusive's temporary files, left by a kill mid-write
             folder = os.path.join(self.dataset_dir, sub)
@@ -166,8 +167,8 @@ class PairLedger:
                     os.remove(os.path.join(folder, f))
                     self.recovered["temporary_files"] += 1
         written = {rec.get("index") for rec in read_pair_lines(self.dataset_dir)}
-        settled = {e.get("index") for e in self._journal() if e.get("event") in ("undone", "finished")}
-        for entry in self._journal():
+        settled = {e.get("index") for e in journal if e.get("event") in ("undone", "finished")}
+        for entry in journal:
             if entry.get("event") != "claim" or entry.get("index") in written or entry.get("index") in settled:
                 continue
             line, index = entry["line"], entry["index"]
@@ -187,9 +188,6 @@ class PairLedger:
     def written_keys(self) -> dict[str, int]:
         """key -> pair index, of the pairs in pairs.jsonl that carry a key."""
         return dict(self._written)
-
-    def filtered_keys(self) -> set[str]:
-        return set(self._filtered)
 
     def done_keys(self) -> set[str]:
         """Keys a rerun skips: written or filtered (a filter decision is part of the result: same key, same
@@ -234,15 +232,7 @@ def filter_reasons(pair_filter: PairFilter, structure: float, change: float) -> 
 
 def partial_files(dataset_dir: str) -> list[str]:
     """Image files with no partner of the same index (input without edited or the reverse): what a writer that
-    does not journal its claims can leave behind. Used by tests and by the summary."""
-    def stems(sub):
-        d = os.path.join(dataset_dir, sub)
-        found = {}
-        if os.path.isdir(d):
-            for f in os.listdir(d):
-                stem, ext = os.path.splitext(f)
-                if stem.isdigit() and ext.lower() in IMAGE_EXTS:
-                    found[int(stem)] = os.path.join(sub, f)
-        return found
-    a, b = stems(INPUT_DIR), stems(EDITED_DIR)
-    return sorted([a[i] for i in set(a) - set(b)] + [b[i] for i in set(b) - set(a)])
+    does not journal its claims can leave behind (the tests check there are none)."""
+    a, b = indexed_files(dataset_dir, INPUT_DIR), indexed_files(dataset_dir, EDITED_DIR)
+    lone = [a[i] for i in set(a) - set(b)] + [b[i] for i in set(b) - set(a)]
+    return sorted(os.path.relpath(p, dataset_dir) for p in lone)

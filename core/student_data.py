@@ -116,18 +116,21 @@ def png_bytes(image: torch.Tensor) -> bytes:
     return buf.getvalue()
 
 
-def _existing_indices(dataset_dir: str) -> set[int]:
-    found = set()
-    for sub in (INPUT_DIR, EDITED_DIR):
-        d = os.path.join(dataset_dir, sub)
-        if not os.path.isdir(d):
-            continue
-        for f in os.listdir(d):
+def indexed_files(dataset_dir: str, sub: str) -> dict[int, str]:
+    """{index: path} of the numbered images in one sub-folder (input/ or edited/); the first name per index."""
+    d = os.path.join(dataset_dir, sub)
+    out = {}
+    if os.path.isdir(d):
+        for f in sorted(os.listdir(d)):
             stem, ext = os.path.splitext(f)
             m = _INDEX_RE.match(stem)
             if m and ext.lower() in IMAGE_EXTS:
-                found.add(int(m.group(1)))
-    return found
+                out.setdefault(int(m.group(1)), os.path.join(d, f))
+    return out
+
+
+def _existing_indices(dataset_dir: str) -> set[int]:
+    return set(indexed_files(dataset_dir, INPUT_DIR)) | set(indexed_files(dataset_dir, EDITED_DIR))
 
 
 def _publish_exclusive(data: bytes, final: str) -> None:
@@ -272,18 +275,7 @@ def list_pairs(dataset_dir: str) -> list[tuple[int, str, str]]:
     if not os.path.isdir(dataset_dir):
         raise FileNotFoundError(f"dataset folder not found: {dataset_dir}")
 
-    def files(sub):
-        d = os.path.join(dataset_dir, sub)
-        out = {}
-        if os.path.isdir(d):
-            for f in sorted(os.listdir(d)):
-                stem, ext = os.path.splitext(f)
-                m = _INDEX_RE.match(stem)
-                if m and ext.lower() in IMAGE_EXTS:
-                    out.setdefault(int(m.group(1)), os.path.join(d, f))
-        return out
-
-    inputs, edits = files(INPUT_DIR), files(EDITED_DIR)
+    inputs, edits = indexed_files(dataset_dir, INPUT_DIR), indexed_files(dataset_dir, EDITED_DIR)
     return [(i, inputs[i], edits[i]) for i in sorted(set(inputs) & set(edits))]
 
 
