@@ -66,3 +66,73 @@ def test_world_judge_and_unet_build(comfy):
     k = f"clip_l.transformer.text_model.encoder.layers.{sd15.ACTIVE_TEXT_LAYERS}.mlp.fc2.weight"
     assert not te[k].any()
     assert te["clip_l.transformer.text_model.encoder.layers.0.mlp.fc2.weight"].any()
+
+
+def test_world_sd3_checkpoint_is_stock_sd3(comfy, tmp_path):
+    """world.sd3: the 4-channel TAESD placed in SD 3.x's 16 channels gives the same images and model-space latents;
+    the exported file is detected by stock loading as SD3 with CLIP-L as its only text encoder and a 16-channel TAESD,
+    its MMDiT computes what the trainer's did, and CLIPTextEncode of it gives the trainer's caption embeddings."""
+    import comfy.sd
+    import comfy.taesd.taesd
+    from world import sd3, sd15, taesd as T
+
+    u = unit_roundoff()
+    torch.manual_seed(0)
+    small = T.TAESD(4, skip=T.LITE_SKIP)
+    with torch.no_grad():  # a non-trivial normalisation, as world.taesd.finish_taesd sets one
+        small.vae_scale.fill_(0.18215 * 1.7)
+        small.vae_shift.fill_(-0.3 / (0.18215 * 1.7))
+    big = sd3.lift_taesd(small)
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        ms4, ms16 = T.to_model_space(small, x, "sd15"), T.to_model_space(big, x, "sd3")
+        img4 = T.from_model_space(small, ms4, "sd15")
+        img16 = T.from_model_space(big, ms16, "sd3")
+    assert ms16.shape == (2, 16, 8, 8)
+    # the same convolutions with 12 more zero channels (other kernels may sum in another order), plus the two
+    # formats' scale and shift in float32: rule 3 of tests/tolerances.py
+    tol = network_rounding_atol(small, 0, ms4) + 16 * u * float(ms4.abs().max() + 1)
+    assert torch.allclose(ms16[:, :4], ms4, rtol=0, atol=tol)
+    # channels 4-15 hold the raw latent 0, standardised: (0 - mean) / std = -0.3 / 1.7
+    assert torch.allclose(ms16[:, 4:], torch.full_like(ms16[:, 4:], -0.3 / 1.7), rtol=0, atol=16 * u)
+    tol = network_rounding_atol(big, 0, img4) + 16 * u * float(ms4.abs().max() + 1)
+    assert torch.allclose(img16, img4, rtol=0, atol=tol)
+
+    te_sd = sd15.text_encoder_state_dict(1)
+    model = sd3.build_model(sd3.MMDIT_CONFIGS["reduced"], 0)
+    state = {k: v.clone() for k, v in model.diffusion_model.state_dict().items()}
+    with torch.no_grad():  # the zero-initialised output layer would make any comparison trivial
+        for v in state.values():
+            if v.is_floating_point():
+                v.add_(0.02 * torch.randn(v.shape, generator=torch.Generator().manual_seed(v.numel())))
+    path = sd3.export_checkpoint(model, state, te_sd, big, str(tmp_path / "w.safetensors"), {"format": "test"})
+    with torch.inference_mode():
+        patcher, clip, vae, _ = comfy.sd.load_checkpoint_guess_config(path, output_vae=True, output_clip=True)[:4]
+    assert type(patcher.model.model_config).__name__ == "SD3"
+    assert isinstance(vae.first_stage_model, comfy.taesd.taesd.TAESD) and vae.latent_channels == 16
+    te = clip.cond_stage_model
+    assert te.clip_l is not None and te.clip_g is None and te.t5xxl is None
+
+    # the loaded MMDiT (fp16 in the file, float32 here) against the trainer's weights rounded the same way
+    net = patcher.model.diffusion_model.float()
+    ref = sd3.build_model(sd3.MMDIT_CONFIGS["reduced"], 0).diffusion_model
+    ref.load_state_dict({k: v.half().float() for k, v in state.items()})
+    g = torch.Generator().manual_seed(1)
+    xt, ctx, pooled = torch.randn(1, 16, 8, 8, generator=g), torch.randn(1, 77, 4096, generator=g), torch.randn(
+        1, 2048, generator=g)
+    with torch.no_grad():
+        ours = ref(xt, torch.tensor([700.0]), context=ctx, y=pooled)
+        theirs = net(xt, torch.tensor([700.0]), context=ctx, y=pooled)
+    assert torch.allclose(theirs, ours, rtol=0, atol=2 * network_rounding_atol(ref, 16 + 77, ours))
+
+    # CLIPTextEncode of the file = the trainer's embeddings (world.sd3.encode_captions: the CLIP-L parts)
+    caption = "a small red circle on the left on a purple striped background"
+    tokens = clip.tokenize(caption)
+    with torch.inference_mode():
+        cond, pool = clip.encode_from_tokens(tokens, return_pooled=True)
+    train_ctx, train_pooled = sd3.encode_captions(sd3.make_clip(te_sd), [caption])
+    full_ctx, full_pooled = sd3.full_conditioning(train_ctx, train_pooled)
+    assert cond.shape == (1, 77, 4096) and pool.shape == (1, 2048)
+    # the trainer stores fp16 (half-precision rounding of each value) of the same float32 computation
+    assert torch.allclose(cond.float(), full_ctx, rtol=2 * unit_roundoff(torch.float16), atol=1e-6)
+    assert torch.allclose(pool.float(), full_pooled, rtol=2 * unit_roundoff(torch.float16), atol=1e-6)

@@ -12,13 +12,12 @@ checks it); ``bench/``, ``tests/`` and the training command do.
                   checkpoints, progress bar, deadlines, cached render sets
   world.sd15      an SD 1.x-layout UNet (ComfyUI's own UNetModel) trained on the world, saved with a seeded CLIP-L
                   text encoder and the TAESD as one checkpoint that CheckpointLoaderSimple detects as SD 1.5
+  world.sd3       an SD 3.x-layout MMDiT (ComfyUI's own, rectified flow) trained on the world, saved with the same
+                  seeded CLIP-L as its only text encoder and the TAESD placed in 16 latent channels, as one checkpoint
+                  that CheckpointLoaderSimple detects as SD3
   world.evaluate  text-to-image from held-out captions through stock ComfyUI nodes, scored by the judge
-  world.train     ``python -m world.train --out DIR --seed 0 [--part judge|vae|sd15|all] [--minutes N] [--steps N]
+  world.train     ``python -m world.train --out DIR --seed 0 [--part judge|vae|sd15|sd3|all] [--minutes N] [--steps N]
                   [--reduced]``
-
-For the SD 3.x part: render, judge, loop and taesd (``train_taesd(..., latent_format="sd3")`` gives the 16-channel
-TAESD with SD 3.x's latent units; ``taesd.to_model_space`` / ``from_model_space`` take the format) are model-agnostic;
-sd15.caption_table / encode_captions / make_clip show how caption embeddings come from ComfyUI's own CLIP object.
 
 Measured (seed 0, world seed 0; 2-core AMD EPYC shared with other jobs, load 5-8):
 - judge: 1000 steps, batch 48, 20 min; held-out test split (2000 renders of held-out combinations): shape, colour,

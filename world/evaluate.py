@@ -1,5 +1,6 @@
 """Does a world checkpoint know the world? Text-to-image from held-out captions through stock ComfyUI nodes
-(CheckpointLoaderSimple -> CLIPTextEncode -> EmptyLatentImage -> KSampler -> VAEDecode), read by the judge.
+(CheckpointLoaderSimple -> CLIPTextEncode -> EmptyLatentImage -> KSampler -> VAEDecode; SD 1.x or SD 3.x layout:
+KSampler gives the empty latent the model's 16 channels itself), read by the judge.
 
   python -m world.evaluate --ckpt DIR/checkpoints/world-sd15.safetensors --judge DIR/judge.safetensors
                            [--captions 32] [--per-caption 2] [--steps 20] [--cfg 4] [--out REPORT_DIR]
@@ -44,7 +45,7 @@ def _register_checkpoint_folder(folder):
     folder_paths.add_model_folder_path("checkpoints", os.path.abspath(folder))
 
 
-def evaluate(ckpt, judge_path, captions=32, per_caption=2, steps=20, cfg=4.0, sampler="euler", scheduler="normal",
+def evaluate(ckpt, judge_path, captions=32, per_caption=2, steps=20, cfg=4.0, sampler="euler", scheduler=None,
              seed=0, out_dir=None, comfyui=None, vae_images=64, log=True):
     import torch
     from scripts import comfy_host
@@ -56,6 +57,8 @@ def evaluate(ckpt, judge_path, captions=32, per_caption=2, steps=20, cfg=4.0, sa
     t0 = time.time()
     model, clip, vae = comfy_host.call_node(nodes.CheckpointLoaderSimple, ckpt_name=os.path.basename(ckpt))
     kind = type(model.model.model_config).__name__
+    if scheduler is None:  # what ComfyUI's own example workflows use: SD 1.x normal, SD 3.x simple
+        scheduler = "simple" if kind.startswith("SD3") else "normal"
     judge = load_judge(judge_path)
     (negative,) = comfy_host.call_node(nodes.CLIPTextEncode, clip=clip, text="")
     pairs = held_out_captions(captions, seed)
@@ -121,7 +124,7 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--cfg", type=float, default=4.0)
     ap.add_argument("--sampler", default="euler")
-    ap.add_argument("--scheduler", default="normal")
+    ap.add_argument("--scheduler", default=None, help="default: normal for SD 1.x, simple for SD 3.x")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None, help="folder for samples.png and report.json")
     ap.add_argument("--comfyui", default=None)

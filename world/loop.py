@@ -157,3 +157,83 @@ def rendered(out_dir, split, count, seed, start=0):
     log(f"rendered in {time.time() - t0:.0f} s")
     b.pop("attributes")
     return b
+
+
+def train_ema(name, net, cfg, out_dir, seed, loss_at, export, minutes=None, report_extra=None):
+    """The loop every diffusion trainer of the world runs: AdamW (weight decay 0.01) at cfg["lr"] with cfg["warmup"]
+    warm-up steps and a cosine decay to a tenth over cfg["steps"], gradient norm clipped at 1, an EMA of the weights
+    (decay cfg["ema"], ramped up over the first 100 steps), resumable from <out_dir>/<name>.ckpt (saved every 5
+    minutes and at the end), the EMA exported every cfg["export_every_s"] seconds as a preview.
+
+    ``loss_at(step)`` returns the step's loss (its randomness drawn from step_rng / torch_generator of the step);
+    ``export(ema_state, step, final)`` writes a checkpoint of the EMA weights and returns its path (``net`` keeps
+    its live weights). ``minutes`` caps the wall time. The report of this run (plus ``report_extra``) is written
+    beside the exported checkpoint (.json) and returned."""
+    import math
+
+    import torch
+    params = [p for p in net.parameters() if p.requires_grad]
+    log(f"{name}: {sum(p.numel() for p in params) / 1e6:.1f} M parameters")
+    net.train()
+    ema = {k: v.detach().clone() for k, v in net.state_dict().items()}
+    opt = torch.optim.AdamW(params, lr=cfg["lr"], weight_decay=0.01)
+    total = cfg["steps"]
+
+    def lr_at(step):
+        if step < cfg["warmup"]:
+            return cfg["lr"] * (step + 1) / cfg["warmup"]
+        p = (step - cfg["warmup"]) / max(1, total - cfg["warmup"])
+        return cfg["lr"] * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(p, 1.0))))
+
+    ckpt_path = os.path.join(out_dir, f"{name}.ckpt")
+    step, state = resume(ckpt_path, name, net, opt)
+    if state is not None:
+        ema = state["ema"]
+
+    def save():
+        atomic_save({"model": net.state_dict(), "opt": opt.state_dict(), "ema": ema, "step": step}, ckpt_path)
+
+    def export_ema(final):
+        live = {k: v.clone() for k, v in net.state_dict().items()}
+        path = export(ema, step, final)
+        net.load_state_dict(live)
+        return path
+
+    deadline = Deadline(minutes)
+    bar = Progress(total, step, name)
+    t0, last_save, last_export = time.time(), time.time(), time.time()
+    times = []
+    while step < total and not deadline.passed():
+        ts = time.time()
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step)
+        loss = loss_at(step)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        step += 1
+        with torch.no_grad():
+            d = cfg["ema"] if step > 100 else min(cfg["ema"], (1 + step) / (10 + step))
+            for k, v in net.state_dict().items():
+                if v.is_floating_point():
+                    ema[k].mul_(d).add_(v.detach(), alpha=1 - d)
+                else:
+                    ema[k].copy_(v)
+        times.append(time.time() - ts)
+        bar.update(1, loss=loss.item(), lr=lr_at(step))
+        if time.time() - last_save > 300:
+            save()
+            last_save = time.time()
+        if time.time() - last_export > cfg["export_every_s"]:
+            log(f"exported {export_ema(False)} at step {step}")
+            last_export = time.time()
+    bar.close()
+    save()
+    path = export_ema(step >= total)
+    report = dict({"steps": step, "steps_planned": total, "seconds_this_run": round(time.time() - t0, 1),
+                   "median_step_s": round(float(np.median(times)), 3) if times else None, "checkpoint": path},
+                  **(report_extra or {}))
+    atomic_save_json(report, os.path.splitext(path)[0] + ".json")
+    log(f"{name}: {report}")
+    return report

@@ -22,11 +22,7 @@ caption of each image drawn from all templates every step; 10 % caption dropout 
 from __future__ import annotations
 
 import json
-import math
 import os
-import time
-
-import numpy as np
 
 from . import loop, render
 
@@ -177,14 +173,16 @@ def _templates(cfg):
     return tuple(cfg["templates"] or range(len(render.TEMPLATES)))
 
 
-def caption_table(out_dir, cfg, te_seed, clip=None):
+def cached_caption_table(out_dir, cfg, te_seed, family, embed):
     """Every training caption (non-held-out attribute combinations x the config's templates) and the empty prompt,
-    embedded once: {"captions", "embeddings" [N, 77, 768] fp16, "empty" [1, 77, 768]}; cached in <out_dir>/data/."""
+    embedded once by ``embed(captions) -> dict`` (its entries for the captions, then for the empty prompt, split by
+    the caller's layout: see caption_table); cached in <out_dir>/data/<family>-captions-te<seed>-<templates>.pt."""
     import itertools
+
     import torch
     templates = _templates(cfg)
     tag = "all" if not cfg["templates"] else "t" + "-".join(map(str, templates))
-    path = os.path.join(out_dir, "data", f"sd15-captions-te{te_seed}-{tag}.pt")
+    path = os.path.join(out_dir, "data", f"{family}-captions-te{te_seed}-{tag}.pt")
     if os.path.isfile(path):
         return torch.load(path, map_location="cpu", weights_only=True)
     caps = set()
@@ -193,29 +191,40 @@ def caption_table(out_dir, cfg, te_seed, clip=None):
         if not render.is_held_out(attrs):
             caps.update(render.caption(attrs, t) for t in templates)
     captions = sorted(caps)
-    if clip is None:
-        clip = make_clip(text_encoder_state_dict(te_seed))
-    loop.log(f"encoding {len(captions)} captions + the empty prompt")
-    emb = encode_captions(clip, captions + [""])
-    d = {"captions": captions, "embeddings": emb[:-1], "empty": emb[-1:]}
+    loop.log(f"encoding {len(captions)} captions + the empty prompt ({family} text encoder)")
+    d = dict(embed(captions + [""]), captions=captions)
     loop.atomic_save(d, path)
     return d
 
 
-def _prepare_data(out_dir, cfg, world_seed, te_seed, taesd, clip):
-    """Model-space latents of the training renders, for each image the caption index under every template, and the
-    caption embedding table; the latents are cached in <out_dir>/data/ (they depend on the trained TAESD)."""
+def caption_table(out_dir, cfg, te_seed, clip=None):
+    """{"captions", "embeddings" [N, 77, 768] fp16, "empty" [1, 77, 768]}: cached_caption_table for SD 1.x."""
+    def embed(captions):
+        emb = encode_captions(clip or make_clip(text_encoder_state_dict(te_seed)), captions)
+        return {"embeddings": emb[:-1], "empty": emb[-1:]}
+    return cached_caption_table(out_dir, cfg, te_seed, "sd15", embed)
+
+
+def _prepare_latents(out_dir, cfg, world_seed, taesd, captions, latent_format="sd15"):
+    """Model-space latents of the training renders and, for each image, the index into ``captions`` of its caption
+    under every template of the config (shared by the SD 1.x and SD 3.x trainers)."""
     import torch
     from .taesd import to_model_space
-    table = caption_table(out_dir, cfg, te_seed, clip)
     data = loop.rendered(out_dir, "train", cfg["images"], world_seed)
     x = torch.from_numpy(data["images"]).permute(0, 3, 1, 2).float() / 255.0
     loop.log(f"encoding {len(x)} images to latents")
     with torch.no_grad():
-        lat = torch.cat([to_model_space(taesd, x[i:i + 200]) for i in range(0, len(x), 200)])
-    index = {c: i for i, c in enumerate(table["captions"])}
+        lat = torch.cat([to_model_space(taesd, x[i:i + 200], latent_format) for i in range(0, len(x), 200)])
+    index = {c: i for i, c in enumerate(captions)}
     attrs = [{a: render.ATTRIBUTES[a][int(data["labels"][a][i])] for a in render.ATTRIBUTES} for i in range(len(x))]
     cap_idx = torch.tensor([[index[render.caption(at, t)] for t in _templates(cfg)] for at in attrs])
+    return lat, cap_idx
+
+
+def _prepare_data(out_dir, cfg, world_seed, te_seed, taesd, clip):
+    """The training latents, caption indices and the caption embedding table of the SD 1.x trainer."""
+    table = caption_table(out_dir, cfg, te_seed, clip)
+    lat, cap_idx = _prepare_latents(out_dir, cfg, world_seed, taesd, table["captions"])
     return {"latents": lat, "caption_index": cap_idx, "embeddings": table["embeddings"], "empty": table["empty"],
             "captions": table["captions"]}
 
@@ -244,23 +253,6 @@ def train_sd15(out_dir, seed=0, reduced=False, minutes=None, world_seed=0, comfy
 
     model = build_model(unet_config, seed)
     net = model.diffusion_model
-    net.train()
-    params = [p for p in net.parameters()]
-    loop.log(f"UNet parameters: {sum(p.numel() for p in params) / 1e6:.1f} M")
-    ema = {k: v.detach().clone() for k, v in net.state_dict().items()}
-    opt = torch.optim.AdamW(params, lr=cfg["lr"], weight_decay=0.01)
-    total = cfg["steps"]
-
-    def lr_at(step):
-        if step < cfg["warmup"]:
-            return cfg["lr"] * (step + 1) / cfg["warmup"]
-        p = (step - cfg["warmup"]) / max(1, total - cfg["warmup"])
-        return cfg["lr"] * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(p, 1.0))))
-
-    ckpt_path = os.path.join(out_dir, "sd15.ckpt")
-    step, state = loop.resume(ckpt_path, "sd15", net, opt)
-    if state is not None:
-        ema = state["ema"]
     ac = scaled_linear_alphas_cumprod().float()
     snr = ac / (1 - ac)
     weight = torch.clamp(snr, max=5.0) / snr  # min-SNR-5 for epsilon prediction
@@ -269,23 +261,7 @@ def train_sd15(out_dir, seed=0, reduced=False, minutes=None, world_seed=0, comfy
             "world_seed": str(world_seed), "text_encoder": f"CLIP-L layout, seeded (seed {seed + 1}), layers >= "
                                                            f"{ACTIVE_TEXT_LAYERS} identity"}
 
-    def save():
-        loop.atomic_save({"model": net.state_dict(), "opt": opt.state_dict(), "ema": ema, "step": step}, ckpt_path)
-
-    def export(name):
-        m = dict(meta, steps=str(step))
-        p = export_checkpoint(model, ema, te_sd, taesd, os.path.join(ckpt_dir, name), m)
-        net.load_state_dict(state_now)
-        return p
-
-    deadline = loop.Deadline(minutes)
-    bar = loop.Progress(total, step, "sd15")
-    t0, last_save, last_export = time.time(), time.time(), time.time()
-    times = []
-    while step < total and not deadline.passed():
-        ts = time.time()
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step)
+    def loss_at(step):
         rng = loop.step_rng(seed, step, 3)
         b = cfg["batch"]
         idx = torch.from_numpy(rng.choice(n, b, replace=False))
@@ -300,37 +276,11 @@ def train_sd15(out_dir, seed=0, reduced=False, minutes=None, world_seed=0, comfy
         x_t = a.sqrt() * lat[idx] + (1 - a).sqrt() * eps
         pred = net(x_t, t.float(), context=ctx)
         loss = ((pred - eps) ** 2).mean((1, 2, 3))
-        loss = (loss * weight[t]).mean()
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        step += 1
-        with torch.no_grad():
-            d = cfg["ema"] if step > 100 else min(cfg["ema"], (1 + step) / (10 + step))
-            for k, v in net.state_dict().items():
-                if v.is_floating_point():
-                    ema[k].mul_(d).add_(v.detach(), alpha=1 - d)
-                else:
-                    ema[k].copy_(v)
-        times.append(time.time() - ts)
-        bar.update(1, loss=loss.item(), lr=lr_at(step))
-        if time.time() - last_save > 300:
-            save()
-            last_save = time.time()
-        if time.time() - last_export > cfg["export_every_s"]:
-            state_now = {k: v.clone() for k, v in net.state_dict().items()}
-            p = export("world-sd15-latest.safetensors")
-            loop.log(f"exported {p} at step {step}")
-            last_export = time.time()
-    bar.close()
-    save()
-    state_now = {k: v.clone() for k, v in net.state_dict().items()}
-    name = CHECKPOINT_NAME if step >= total else "world-sd15-latest.safetensors"
-    path = export(name)
-    report = {"steps": step, "steps_planned": total, "seconds_this_run": round(time.time() - t0, 1),
-              "median_step_s": round(float(np.median(times)), 3) if times else None, "checkpoint": path,
-              "unet_config": unet_config, "train": cfg}
-    loop.atomic_save_json(report, os.path.splitext(path)[0] + ".json")
-    loop.log(f"sd15: {report}")
-    return report
+        return (loss * weight[t]).mean()
+
+    def export(ema, step, final):
+        name = CHECKPOINT_NAME if final else "world-sd15-latest.safetensors"
+        return export_checkpoint(model, ema, te_sd, taesd, os.path.join(ckpt_dir, name), dict(meta, steps=str(step)))
+
+    return loop.train_ema("sd15", net, cfg, out_dir, seed, loss_at, export, minutes,
+                          {"unet_config": unet_config, "train": cfg})

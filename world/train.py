@@ -3,13 +3,13 @@
 
 Parts (in the order ``all`` runs them): ``judge`` (renders only), ``vae`` (TAESD layout, renders only),
 ``vae_refine`` (the decoder alone at full resolution, encoder fixed), ``vae_refine_all`` (encoder and decoder, every
-block), ``sd15``
-(needs ComfyUI: $COMFYUI_PATH or --comfyui; uses the VAE). Every part is resumable: run the same command again and
+block), ``sd15`` and ``sd3`` (the SD 1.x and SD 3.x layouts; need ComfyUI: $COMFYUI_PATH or --comfyui; use the
+VAE). Every part is resumable: run the same command again and
 it continues from its last checkpoint in DIR; a finished part is skipped. ``--minutes`` caps each part's wall time
 (the part then saves, exports what it has, and a later run continues). ``--reduced``: the CI-sized world.
 
 Outputs in DIR: judge.safetensors (+ .json report), taesd.safetensors (+ .json), checkpoints/world-sd15*.safetensors
-(+ .json), data/ (cached renders and caption embeddings), *.ckpt (resume state).
+and world-sd3*.safetensors (+ .json), data/ (cached renders and caption embeddings), *.ckpt (resume state).
 """
 
 import argparse
@@ -17,7 +17,7 @@ import os
 import sys
 import time
 
-PARTS = ("judge", "vae", "vae_refine", "vae_refine_all", "sd15")
+PARTS = ("judge", "vae", "vae_refine", "vae_refine_all", "sd15", "sd3")
 
 
 def main(argv=None):
@@ -28,7 +28,7 @@ def main(argv=None):
     ap.add_argument("--part", choices=PARTS + ("all",), default="all")
     ap.add_argument("--minutes", type=float, default=None, help="wall-time cap per part")
     ap.add_argument("--reduced", action="store_true", help="CI-sized world: small models, few steps")
-    ap.add_argument("--comfyui", default=None, help="ComfyUI folder for the sd15 part (default $COMFYUI_PATH)")
+    ap.add_argument("--comfyui", default=None, help="ComfyUI folder for the sd15 and sd3 parts (default $COMFYUI_PATH)")
     ap.add_argument("--steps", type=int, default=None,
                     help="override the planned step count of the part(s) (the schedule follows it)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -43,7 +43,8 @@ def main(argv=None):
     parts = PARTS if args.part == "all" else (args.part,)
     from . import loop
     reports = {"judge": "judge.json", "vae": "taesd.json", "vae_refine": "taesd-refine.json",
-               "vae_refine_all": "taesd-refine-all.json", "sd15": os.path.join("checkpoints", "world-sd15.json")}
+               "vae_refine_all": "taesd-refine-all.json", "sd15": os.path.join("checkpoints", "world-sd15.json"),
+               "sd3": os.path.join("checkpoints", "world-sd3.json")}
     for part in parts:
         t0 = time.time()
         done = _finished(os.path.join(out, reports[part]))
@@ -67,6 +68,10 @@ def main(argv=None):
             from .sd15 import train_sd15
             train_sd15(out, seed=args.seed, reduced=args.reduced, minutes=args.minutes, world_seed=args.world_seed,
                        comfyui=args.comfyui, steps=args.steps)
+        elif part == "sd3":
+            from .sd3 import train_sd3
+            train_sd3(out, seed=args.seed, reduced=args.reduced, minutes=args.minutes, world_seed=args.world_seed,
+                      comfyui=args.comfyui, steps=args.steps)
         loop.log(f"part {part}: done in {time.time() - t0:.0f} s")
     return 0
 
