@@ -19,6 +19,8 @@ Methods (each on the same images and edits; ``METHODS``):
 - no_regularization: lambda_xa 0.1 on a plain inversion (lambda_ac = lambda_kl = 0, reg_steps 0);
 - fixed_point_2: the paper's settings with 2 fixed-point iterations per inversion step (P2PZ_InvertLatent's
   fixed_point_iters, issue 26);
+- caption_guided, caption_unguided: the paper's inversion and Guided Edit (lambda_xa 0.1, and 0) with the edit
+  given as the edited caption (edited_positive) instead of a direction: the guidance apart from the direction;
 - prompt_swap: plain inversion, then stock SamplerCustom (ddim, or euler on a flow model; no added noise) from the
   inverted latent along its regeneration sigmas, with the edited caption (the source word replaced) against the
   caption at the same cfg;
@@ -35,7 +37,9 @@ Reported per method and edit kind (the judge reads every image):
   input, the judge's mask of the edit, each grown by a pixel);
 - reconstruction (pix2pix-zero methods): the judge reads all five attributes right on the unedited reconstruction,
   and its PSNR to the input (what inversion + the world's VAE lose before any edit);
-- model calls per edit in forward-equivalents (``GRADIENT_PASS_COST``), inversion included, and seconds per edit.
+- model calls per edit in forward-equivalents (``GRADIENT_PASS_COST``), inversion included, and seconds per edit;
+- direction reach (text space, the same for every method): the fraction of the caption -> edited caption distance
+  that adding the direction closes (``direction_reach``).
 A grid (input, reconstruction, one edit per method) goes to --out as grid.png, the table as table.md.
 """
 from __future__ import annotations
@@ -57,6 +61,13 @@ METHODS = {
     "no_guidance": {"kind": "p2pz", "lambda_xa": 0.0, "regularize": True, "fixed_point_iters": 0},
     "no_regularization": {"kind": "p2pz", "lambda_xa": 0.1, "regularize": False, "fixed_point_iters": 0},
     "fixed_point_2": {"kind": "p2pz", "lambda_xa": 0.1, "regularize": True, "fixed_point_iters": 2},
+    # the pack's inversion and guided sampler with the edit given as the edited caption (Guided Edit's
+    # edited_positive) instead of a sentence-mean direction: separates what the guidance does from what the
+    # direction reaches
+    "caption_guided": {"kind": "p2pz", "lambda_xa": 0.1, "regularize": True, "fixed_point_iters": 0,
+                       "edit": "caption"},
+    "caption_unguided": {"kind": "p2pz", "lambda_xa": 0.0, "regularize": True, "fixed_point_iters": 0,
+                         "edit": "caption"},
     # plain inversion (no regularization), then SamplerCustom from the inverted latent with the edited caption
     "prompt_swap": {"kind": "prompt_swap", "regularize": False, "fixed_point_iters": 0},
     # SDEdit: VAEEncode -> KSampler at partial denoise with the edited caption; 0.5 and diffusers' img2img default 0.8
@@ -64,8 +75,8 @@ METHODS = {
     "sdedit_0.5": {"kind": "sdedit", "denoise": 0.5},
     "sdedit_0.8": {"kind": "sdedit", "denoise": 0.8},
 }
-DEFAULT_METHODS = ("paper", "no_guidance", "no_regularization", "fixed_point_2", "prompt_swap", "sdedit_0.5",
-                   "sdedit_0.8")
+DEFAULT_METHODS = ("paper", "no_guidance", "no_regularization", "fixed_point_2", "caption_guided",
+                   "caption_unguided", "prompt_swap", "sdedit_0.5", "sdedit_0.8")
 EDIT_KINDS = ("colour", "shape")
 SENTENCES = 200  # per word; the world has 3,240 captions per colour, 3,240 per shape
 # model calls are counted in forward-equivalents: one row of one diffusion-model forward pass is 1; a row of a
@@ -146,6 +157,17 @@ class CallCounter:
         return n
 
 
+def direction_reach(caption, edited, direction):
+    """How far the direction takes the caption's embedding towards the edited caption's, in text space:
+    1 - |E(caption) + d - E(edited)| / |E(caption) - E(edited)| (1: all the way; 0: no closer). On a real CLIP the
+    sentence-mean direction carries the word into every later token (causal attention), as the caption's own
+    change does; an encoder that hardly mixes tokens leaves most of the gap."""
+    from core.direction import apply_direction
+    a, b = caption[0][0].float(), edited[0][0].float()
+    moved = apply_direction(a, direction).float()
+    return float(1 - (moved - b).norm() / (a - b).norm().clamp(min=1e-12))
+
+
 def background_psnr(a, b, mask_a, mask_b):
     """PSNR of images a and b ([B, H, W, 3]) over the pixels outside both object masks ([B, H, W], > 0.5), each mask
     grown by one pixel so that anti-aliased edges do not count as background."""
@@ -212,6 +234,7 @@ def run(args):
             target = _next(render.ATTRIBUTES[kind], source)
             (edited_positive,) = call(nodes.CLIPTextEncode, clip=clip,
                                       text=edited_caption(item["caption"], source, target))
+            reach = direction_reach(positive, edited_positive, direction(source, target))
             for name in args.methods:
                 m = METHODS[name]
                 recon, inv_calls, inv_seconds = None, 0.0, 0.0
@@ -227,10 +250,11 @@ def run(args):
                         inverted[key] = (out[0], out[1], calls, seconds)
                     inv, sigmas, inv_calls, inv_seconds = inverted[key]
                 if m["kind"] == "p2pz":
+                    edit = ({"edited_positive": edited_positive} if m.get("edit") == "caption"
+                            else {"direction": direction(source, target)})
                     (edited, recon), calls, seconds = timed(
                         "P2PZ_GuidedEdit", model=model, positive=positive, inverted_latent=inv, steps=args.steps,
-                        cfg=args.cfg, lambda_xa=m["lambda_xa"], guidance="references",
-                        direction=direction(source, target))
+                        cfg=args.cfg, lambda_xa=m["lambda_xa"], guidance="references", **edit)
                 elif m["kind"] == "prompt_swap":
                     (sampler,) = call("KSamplerSelect", sampler_name=swap_sampler)
                     plain = {k: v for k, v in inv.items() if k == "samples"}
@@ -248,7 +272,7 @@ def run(args):
                 rows.append({"image": n, "kind": kind, "method": name, "source": source, "target": target,
                              "truth": truth, "input": pixels, "input_mask": torch.from_numpy(item["mask"])[None],
                              "edited": edited_img.float().cpu(), "reconstruction": recon_img,
-                             "calls": inv_calls + calls, "seconds": inv_seconds + seconds})
+                             "calls": inv_calls + calls, "seconds": inv_seconds + seconds, "reach": reach})
         print(f"[{time.monotonic() - started:6.0f} s] image {n + 1}/{len(images)}: {item['caption']!r}",
               flush=True)
 
@@ -289,7 +313,7 @@ def run(args):
                    "both": round(float(np.mean([r["accurate"] and r["kept"] for r in sel])), 3),
                    "mask_iou": mean("iou"), "edge_correlation": mean("edges"), "background_psnr": mean("background_psnr"),
                    "calls_per_edit": mean("calls"), "calls_per_step": round(mean("calls") / args.steps, 2),
-                   "seconds_per_edit": mean("seconds"), "n": len(sel),
+                   "seconds_per_edit": mean("seconds"), "direction_reach": mean("reach"), "n": len(sel),
                    "edited_reads": {v: sum(r["edited_reads"] == v for r in sel) for v in render.ATTRIBUTES[kind]}}
             if "reconstruction_psnr" in sel[0]:
                 res.update(reconstruction_psnr=mean("reconstruction_psnr"),
