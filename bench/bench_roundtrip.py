@@ -11,7 +11,12 @@ the node inverts a smooth latent with regularization off (the round trip is then
 --regularize: with the paper's regularization)
 and fixed_point_iters 0 (the paper's first-order inversion), 1, 2, 3. Printed: relative round-trip error
 rms(regenerated - latent) / rms(latent), the ratio to first-order at the same steps, and model calls per step
-(1 + iterations). The learned world's models (world/) are measured the same way once they exist.
+(1 + iterations).
+
+--world CKPT (repeatable): a learned-world checkpoint (world.sd15 / world.sd3, trained on the world's renders), loaded
+by stock CheckpointLoaderSimple; its latents are VAEEncode of 4 held-out renders (the test split) and its conditioning
+their captions through CLIPTextEncode; regenerated with ddim (SD 1.x) or euler (SD 3.x), cfg 1, as above; steps 10,
+20, 50. A trained model's smooth velocity / noise field is the case issue 26's bar is about.
 """
 import argparse
 import json
@@ -42,9 +47,36 @@ def _model(family):
     return model, tiny_models.tiny_flow_conditioning(width, pooled, seed=1), _smooth_latent(16), "euler"
 
 
+WORLD_STEPS = (10, 20, 50)
+_WORLD = {}
+
+
+def _world_model(path, images=4):
+    """A world checkpoint through stock nodes: (MODEL, caption conditioning, LATENT of held-out renders, sampler)."""
+    if path not in _WORLD:
+        import folder_paths
+        import numpy as np
+        import torch
+
+        import nodes
+        from bench.bench_quality import held_out_images
+        from scripts.comfy_host import call_node
+        folder_paths.add_model_folder_path("checkpoints", os.path.dirname(os.path.abspath(path)))
+        model, clip, vae = call_node(nodes.CheckpointLoaderSimple, ckpt_name=os.path.basename(path))
+        items = held_out_images(images)
+        pixels = torch.from_numpy(np.stack([np.asarray(i["image"], dtype=np.float32) for i in items]))
+        latent = call_node(nodes.VAEEncode, vae=vae, pixels=pixels)[0]
+        conds = [call_node(nodes.CLIPTextEncode, clip=clip, text=i["caption"])[0] for i in items]
+        cond = [[torch.cat([c[0][0] for c in conds]), {k: torch.cat([c[0][1][k] for c in conds])
+                                                       for k in conds[0][0][1] if k == "pooled_output"}]]
+        flow = type(model.model.model_config).__name__.startswith("SD3")
+        _WORLD[path] = (model, cond, latent, "euler" if flow else "ddim")
+    return _WORLD[path]
+
+
 def round_trip(family, steps, iterations, regularize=False):
     from scripts.comfy_host import call_node
-    model, cond, latent, sampler_name = _model(family)
+    model, cond, latent, sampler_name = _world_model(family) if family.endswith(".safetensors") else _model(family)
     inverted, sigmas = call_node("P2PZ_InvertLatent", model=model, conditioning=cond, latent=latent, steps=steps,
                                  schedule="diffusers", lambda_ac=20.0 * regularize, lambda_kl=20.0 * regularize,
                                  reg_steps=5 * regularize, ac_rolls=5 * regularize, seed=0,
@@ -58,26 +90,29 @@ def round_trip(family, steps, iterations, regularize=False):
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--families", nargs="+", default=list(STEPS), choices=list(STEPS))
+    ap.add_argument("--families", nargs="*", default=list(STEPS), choices=list(STEPS))
     ap.add_argument("--iterations", nargs="+", type=int, default=[0, 1, 2, 3])
     ap.add_argument("--regularize", action="store_true",
                     help="with the paper's noise regularization (lambda 20, 5 x 5 steps); the round trip is then not "
                          "expected to be exact: the regularization moves the noise on purpose")
+    ap.add_argument("--world", action="append", default=[], metavar="CKPT",
+                    help="also a learned-world checkpoint (world/), on held-out renders; repeatable")
     ap.add_argument("--json", default=None, help="also write the table as JSON here")
     args = ap.parse_args(argv)
     import torch
+
     from scripts import comfy_host
     comfy_host.boot(device="cpu")
     comfy_host.load_pack()
     rows = []
     with torch.inference_mode():
-        for family in args.families:
-            for steps in STEPS[family]:
+        for family in args.families + [os.path.abspath(w) for w in args.world]:
+            for steps in (WORLD_STEPS if family.endswith(".safetensors") else STEPS[family]):
                 first = None
                 for n in args.iterations:
                     err = round_trip(family, steps, n, args.regularize)
                     first = err if n == 0 else first
-                    rows.append({"model": family, "regularized": args.regularize, "steps": steps, "iterations": n, "calls_per_step": 1 + n,
+                    rows.append({"model": os.path.basename(family), "regularized": args.regularize, "steps": steps, "iterations": n, "calls_per_step": 1 + n,
                                  "relative_error": err, "vs_first_order": (first / err) if first and n else None})
                     print(json.dumps(rows[-1]), flush=True)
     print("\n| model | steps | iterations | calls / step | relative round-trip error | first-order / this |")
