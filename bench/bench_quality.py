@@ -20,7 +20,8 @@ Methods (each on the same images and edits; ``METHODS``):
 - fixed_point_2: the paper's settings with 2 fixed-point iterations per inversion step (P2PZ_InvertLatent's
   fixed_point_iters, issue 26);
 - lambda_0.05, lambda_0.2, lambda_0.4: the paper's settings at other guidance strengths; fraction_1 (SD 3.x / Flux):
-  every step guided instead of Guided Edit Options' default first half;
+  every step guided instead of Guided Edit Options' default first half; lambda_1_all_steps (SD 3.x / Flux): the
+  input's largest strength on every step;
 - caption_guided, caption_unguided: the paper's inversion and Guided Edit (lambda_xa 0.1, and 0) with the edit
   given as the edited caption (edited_positive) instead of a direction: the guidance apart from the direction;
 - prompt_swap: plain inversion, then stock SamplerCustom (ddim, or euler on a flow model; no added noise) from the
@@ -70,6 +71,8 @@ METHODS = {
     "lambda_0.4": {"kind": "p2pz", "lambda_xa": 0.4, "regularize": True, "fixed_point_iters": 0},
     "fraction_1": {"kind": "p2pz", "lambda_xa": 0.1, "regularize": True, "fixed_point_iters": 0,
                    "guided_fraction": 1.0},
+    "lambda_1_all_steps": {"kind": "p2pz", "lambda_xa": 1.0, "regularize": True, "fixed_point_iters": 0,
+                           "guided_fraction": 1.0},
     # the pack's inversion and guided sampler with the edit given as the edited caption (Guided Edit's
     # edited_positive) instead of a sentence-mean direction: separates what the guidance does from what the
     # direction reaches
