@@ -82,14 +82,16 @@ def text_encoder_state_dict(seed):
     return {k: (v.to(torch.float16).to(torch.float32) if v.is_floating_point() else v) for k, v in sd.items()}
 
 
-def make_clip(te_sd, layers=ACTIVE_TEXT_LAYERS):
+def make_clip(te_sd, layers=ACTIVE_TEXT_LAYERS, target=None):
     """A ComfyUI CLIP object (float32) holding ``te_sd``; ``layers`` < 12 builds only the active layers (the rest
-    are identities in te_sd, so the function is the same)."""
+    are identities in te_sd, so the function is the same). ``target``: the ClipTarget (default SD 1.x's; world.sd3
+    passes SD 3.x's, whose CLIP-L has the same keys)."""
     import torch
     import comfy.sd
     import comfy.sd1_clip
     import comfy.supported_models_base
-    target = comfy.supported_models_base.ClipTarget(comfy.sd1_clip.SD1Tokenizer, comfy.sd1_clip.SD1ClipModel)
+    if target is None:
+        target = comfy.supported_models_base.ClipTarget(comfy.sd1_clip.SD1Tokenizer, comfy.sd1_clip.SD1ClipModel)
     opts = {"dtype": torch.float32}
     if layers != 12:
         opts["clip_l_model_config"] = {"num_hidden_layers": layers}
@@ -221,9 +223,9 @@ def _prepare_latents(out_dir, cfg, world_seed, taesd, captions, latent_format="s
     return lat, cap_idx
 
 
-def _prepare_data(out_dir, cfg, world_seed, te_seed, taesd, clip):
+def _prepare_data(out_dir, cfg, world_seed, te_seed, taesd):
     """The training latents, caption indices and the caption embedding table of the SD 1.x trainer."""
-    table = caption_table(out_dir, cfg, te_seed, clip)
+    table = caption_table(out_dir, cfg, te_seed)  # the text encoder is built only when the table is not cached
     lat, cap_idx = _prepare_latents(out_dir, cfg, world_seed, taesd, table["captions"])
     return {"latents": lat, "caption_index": cap_idx, "embeddings": table["embeddings"], "empty": table["empty"],
             "captions": table["captions"]}
@@ -245,8 +247,7 @@ def train_sd15(out_dir, seed=0, reduced=False, minutes=None, world_seed=0, comfy
         raise FileNotFoundError(f"{taesd_path} is missing: train the VAE first (--part vae)")
     taesd = load_taesd(taesd_path)
     te_sd = text_encoder_state_dict(seed + 1)
-    clip = make_clip(te_sd)
-    data = _prepare_data(out_dir, cfg, world_seed, seed + 1, taesd, clip)
+    data = _prepare_data(out_dir, cfg, world_seed, seed + 1, taesd)
     lat, cap_idx, emb, empty = data["latents"], data["caption_index"], data["embeddings"], data["empty"]
     n = len(lat)
     loop.log(f"latents {tuple(lat.shape)} std {float(lat.std()):.3f}, {len(emb)} caption embeddings")

@@ -36,7 +36,8 @@ import os
 
 from . import loop
 from .sd15 import TRAIN as SD15_TRAIN
-from .sd15 import cached_caption_table, text_encoder_state_dict
+# the SD 3.x file is written as the SD 1.x one: model fp16 (text_encoders.clip_l.* by SD3's own prefix), TAESD float32
+from .sd15 import cached_caption_table, export_checkpoint, text_encoder_state_dict
 
 SHIFT = 3.0  # comfy.supported_models.SD3.sampling_settings
 CONTEXT_WIDTH, POOLED_WIDTH, CLIP_L_WIDTH = 4096, 2048, 768
@@ -56,7 +57,7 @@ MMDIT_CONFIGS = {"full": mmdit_config(4), "reduced": mmdit_config(2)}
 TRAIN = {
     "full": {"images": 10000, "steps": 4000, "batch": 16, "lr": 3e-4, "warmup": 100, "ema": 0.99, "dropout": 0.1,
              "export_every_s": 600, "templates": None},
-    "reduced": dict(SD15_TRAIN["reduced"], lr=3e-4),
+    "reduced": SD15_TRAIN["reduced"],
 }
 CHECKPOINT_NAME = "world-sd3.safetensors"
 
@@ -92,23 +93,13 @@ def make_clip(te_sd):
     """ComfyUI's SD 3.x CLIP object (SD3Tokenizer + SD3ClipModel, CLIP-L only) holding ``te_sd``; 3 of the 12 layers
     built: SD 3.x reads the penultimate layer, which must be the output of the 2 active layers, as in the 12-layer
     file."""
-    import torch
-    import comfy.sd
     import comfy.supported_models_base
     import comfy.text_encoders.sd3_clip as sd3_te
-    from .sd15 import ACTIVE_TEXT_LAYERS
-    layers = ACTIVE_TEXT_LAYERS + 1
+
+    from . import sd15
     target = comfy.supported_models_base.ClipTarget(sd3_te.SD3Tokenizer,
                                                     sd3_te.sd3_clip(clip_l=True, clip_g=False, t5=False))
-    clip = comfy.sd.CLIP(target, model_options={"dtype": torch.float32,
-                                                "clip_l_model_config": {"num_hidden_layers": layers}})
-    sd = {k: v for k, v in te_sd.items()
-          if not (k.startswith("clip_l.transformer.text_model.encoder.layers.") and int(k.split(".")[5]) >= layers)}
-    missing, unexpected = clip.cond_stage_model.load_state_dict(sd, strict=False)
-    bad = [k for k in missing if "logit_scale" not in k and "text_projection" not in k]
-    if bad or unexpected:
-        raise RuntimeError(f"text encoder did not load: missing {bad[:4]}, unexpected {list(unexpected)[:4]}")
-    return clip
+    return sd15.make_clip(te_sd, sd15.ACTIVE_TEXT_LAYERS + 1, target)
 
 
 def encode_captions(clip, captions):
@@ -174,12 +165,6 @@ def build_model(config, seed):
     return model
 
 
-def export_checkpoint(model, state, te_sd, taesd16, path, metadata):
-    """The SD 3.x checkpoint: MMDiT and text encoder fp16 (text_encoders.clip_l.*), the TAESD float32."""
-    from .sd15 import export_checkpoint as export_any
-    return export_any(model, state, te_sd, taesd16, path, metadata)
-
-
 def sample_sigmas(generator, n):
     """Logit-normal(0, 1) sigmas, then the shift ComfyUI samples with: sigma' = shift s / (1 + (shift - 1) s)."""
     import torch
@@ -203,7 +188,7 @@ def train_sd3(out_dir, seed=0, reduced=False, minutes=None, world_seed=0, comfyu
         raise FileNotFoundError(f"{taesd_path} is missing: train the VAE first (--part vae)")
     taesd16 = lift_taesd(load_taesd(taesd_path))
     te_sd = text_encoder_state_dict(seed + 1)
-    table = caption_table(out_dir, cfg, seed + 1, make_clip(te_sd))
+    table = caption_table(out_dir, cfg, seed + 1)  # the text encoder is built only when the table is not cached
     lat, cap_idx = _prepare_latents(out_dir, cfg, world_seed, taesd16, table["captions"], "sd3")
     n = len(lat)
     loop.log(f"latents {tuple(lat.shape)} std of channels 0-3 {float(lat[:, :4].std()):.3f}, "
