@@ -19,9 +19,10 @@ Methods (each on the same images and edits; ``METHODS``):
 - no_regularization: lambda_xa 0.1 on a plain inversion (lambda_ac = lambda_kl = 0, reg_steps 0);
 - fixed_point_2: the paper's settings with 2 fixed-point iterations per inversion step (P2PZ_InvertLatent's
   fixed_point_iters, issue 26);
-- lambda_0.05, lambda_0.2, lambda_0.4: the paper's settings at other guidance strengths; fraction_1 (SD 3.x / Flux):
-  every step guided instead of Guided Edit Options' default first half; lambda_1_all_steps (SD 3.x / Flux): the
-  input's largest strength on every step;
+- lambda_0.05, lambda_0.2, lambda_0.4: the paper's settings at other guidance strengths; fraction_1, fraction_0.5,
+  fraction_0.25: every step, the first half, the first quarter guided (Guided Edit Options' guided_fraction; without
+  the node every step on the UNet path, the first half on SD 3.x / Flux); lambda_1_all_steps: the input's largest
+  strength on every step;
 - caption_guided, caption_unguided: the paper's inversion and Guided Edit (lambda_xa 0.1, and 0) with the edit
   given as the edited caption (edited_positive) instead of a direction: the guidance apart from the direction;
 - prompt_swap: plain inversion, then stock SamplerCustom (ddim, or euler on a flow model; no added noise) from the
@@ -64,13 +65,17 @@ METHODS = {
     "no_guidance": {"kind": "p2pz", "lambda_xa": 0.0, "regularize": True, "fixed_point_iters": 0},
     "no_regularization": {"kind": "p2pz", "lambda_xa": 0.1, "regularize": False, "fixed_point_iters": 0},
     "fixed_point_2": {"kind": "p2pz", "lambda_xa": 0.1, "regularize": True, "fixed_point_iters": 2},
-    # the guidance strength, and on SD 3.x the share of guided steps (Guided Edit Options' guided_fraction, default
-    # 0.5 there; the UNet path always guides every step): the evidence for the SD 3.x defaults
+    # the guidance strength, and the share of guided steps (Guided Edit Options' guided_fraction; without the node
+    # every step on the UNet path, the first half on SD 3.x / Flux): the evidence for the defaults
     "lambda_0.05": {"kind": "p2pz", "lambda_xa": 0.05, "regularize": True, "fixed_point_iters": 0},
     "lambda_0.2": {"kind": "p2pz", "lambda_xa": 0.2, "regularize": True, "fixed_point_iters": 0},
     "lambda_0.4": {"kind": "p2pz", "lambda_xa": 0.4, "regularize": True, "fixed_point_iters": 0},
     "fraction_1": {"kind": "p2pz", "lambda_xa": 0.1, "regularize": True, "fixed_point_iters": 0,
                    "guided_fraction": 1.0},
+    "fraction_0.5": {"kind": "p2pz", "lambda_xa": 0.1, "regularize": True, "fixed_point_iters": 0,
+                     "guided_fraction": 0.5},
+    "fraction_0.25": {"kind": "p2pz", "lambda_xa": 0.1, "regularize": True, "fixed_point_iters": 0,
+                      "guided_fraction": 0.25},
     "lambda_1_all_steps": {"kind": "p2pz", "lambda_xa": 1.0, "regularize": True, "fixed_point_iters": 0,
                            "guided_fraction": 1.0},
     # the pack's inversion and guided sampler with the edit given as the edited caption (Guided Edit's
@@ -264,15 +269,11 @@ def run(args):
                 if m["kind"] == "p2pz":
                     edit = ({"edited_positive": edited_positive} if m.get("edit") == "caption"
                             else {"direction": direction(source, target)})
-                    edit_model = model
-                    if "guided_fraction" in m:
-                        if not flow:
-                            raise SystemExit(f"{name}: guided_fraction is an SD 3.x / Flux option")
-                        (edit_model,) = call("P2PZ_MMDiTGuidanceOptions", model=model,
-                                             guided_fraction=m["guided_fraction"], block_stride=1,
-                                             checkpoint_blocks=True)
+                    if "guided_fraction" in m:  # Guided Edit Options; without it each family's default
+                        (edit["options"],) = call("P2PZ_GuidedEditOptions", guided_fraction=m["guided_fraction"],
+                                                  block_stride=1, checkpoint_blocks=True)
                     (edited, recon), calls, seconds = timed(
-                        "P2PZ_GuidedEdit", model=edit_model, positive=positive, inverted_latent=inv, steps=args.steps,
+                        "P2PZ_GuidedEdit", model=model, positive=positive, inverted_latent=inv, steps=args.steps,
                         cfg=args.cfg, lambda_xa=m["lambda_xa"], guidance="references", **edit)
                 elif m["kind"] == "prompt_swap":
                     (sampler,) = call("KSamplerSelect", sampler_name=swap_sampler)

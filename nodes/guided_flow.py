@@ -1,6 +1,6 @@
-"""P2PZ_GuidedEdit for flow-matching MMDiT models (SD 3.x, Flux), and its memory options node.
+"""P2PZ_GuidedEdit for flow-matching MMDiT models (SD 3.x, Flux).
 
-The loop is core.flow_guidance's; this module connects it to ComfyUI on a CLONE of the MODEL (never the MODEL):
+The loop is core.guidance's (FLOW_RULES, the paper's carry rule); this module connects it to ComfyUI on a CLONE of the MODEL (never the MODEL):
 - `transformer_options["optimized_attention_override"]` (honoured by ComfyUI's attention in SD 3.x's joint blocks
   and Flux's blocks on 0.3.64, 0.3.75 and 0.8.0) computes a guided block's joint attention explicitly while maps
   are wanted and hands the image-query/text-key probabilities to the run's AttentionMaps; otherwise it calls the
@@ -30,21 +30,18 @@ import torch
 import torch.utils.checkpoint
 
 from ..core.attention import AttentionMaps
-from ..core.flow_guidance import flow_guided_edit
+from ..core.guidance import FLOW_RULES, guided_edit
 from ..core.inference_weights import normal_tensor_weights
 from ..core.inversion import INVERSION_NAN_CAUSES, check_latent
 from ..core.joint_attention import apply_rope, explicit_joint_attention, token_slices
 from ..core.schedule import FlowSchedule
 from .attention_backends import OVERRIDE_KEY
-from .guided_shell import COND_KEYS, GuidedEditGuider, check_steps, run_guided_sampler, same_conditioning
-from .common import (CATEGORY, INVERSION_KEY, check_conditioning_batch, check_no_cfg_patches, check_plain_conditioning,
+from .common import (INVERSION_KEY, check_conditioning_batch, check_no_cfg_patches, check_plain_conditioning,
                      flow_model_sampling, log_map_loss)
+from .guided_shell import (COND_KEYS, GuidedEditGuider, check_steps, guidance_options, guided_steps, run_guided_sampler,
+                           same_conditioning)
 
 TAG_KEY = "p2pz_joint_block"  # set by our block wrappers in a copy of the transformer options
-OPTIONS_KEY = "p2pz_mmdit_guidance"  # model_options entry written by P2PZ_MMDiTGuidanceOptions
-# Defaults (see docs/nodes.md, the memory estimate): guidance on the first half of the steps, every joint block,
-# per-block gradient checkpointing; they fit SD 3.5 Medium at 1024 px in 24 GB.
-DEFAULT_OPTIONS = {"guided_fraction": 0.5, "block_stride": 1, "checkpoint_blocks": True}
 
 
 class _MapsComplete(Exception):
@@ -255,7 +252,8 @@ def family_of(model):
 
 
 def patched_flow_model(model, options):
-    """A clone of `model` with the joint-attention hooks for the guided blocks; `model` is not modified."""
+    """A clone of `model` with the joint-attention hooks for the guided blocks; `model` is not modified. options:
+    Guided Edit Options' block_stride and checkpoint_blocks (nodes/guided_shell.py)."""
     blocks = _joint_blocks(model.model.diffusion_model)
     if not blocks:
         raise ValueError("this flow model has no joint-attention blocks pix2pix-zero knows: the guided edit supports "
@@ -336,8 +334,8 @@ def _flow_sampler(run, settings, results, guider):
         comfy.model_management.throw_exception_if_processing_interrupted()
         # The gradient pass (forward and backward: checkpointed blocks recompute in the backward) needs the weights,
         # loaded as inference tensors, as normal-tensor aliases (no copy) for autograd to save them.
-        result = flow_guided_edit(denoise, run.maps, x, sigmas, callback=on_step,
-                                  grad_context=lambda: _gradient_context(run), **settings)
+        result = guided_edit(denoise, run.maps, x, sigmas, mode="paper", rules=FLOW_RULES, callback=on_step,
+                             grad_context=lambda: _gradient_context(run), **settings)
         results["reconstruction"] = guider.inner_model.process_latent_out(result.reconstruction.to(torch.float32))
         return result.edited
 
@@ -353,7 +351,7 @@ def _flow_sigmas(latent):
 
 
 def flow_guided_edit_node(model, positive, inverted_latent, steps, cfg, lambda_xa, guidance, negative=None,
-                          direction=None, direction_multiplier=1.0, edited_positive=None):
+                          direction=None, direction_multiplier=1.0, edited_positive=None, options=None):
     """P2PZ_GuidedEdit's function for flow models (nodes/guided.py dispatches here)."""
 
     flow_model_sampling(model, "guided editing")
@@ -362,6 +360,7 @@ def flow_guided_edit_node(model, positive, inverted_latent, steps, cfg, lambda_x
         raise ValueError(f"this model is {type(model.model).__name__}: the guided edit on flow models supports SD 3.x "
                          "(SD 3.0, 3.5 Medium and Large) and Flux.1 (dev), not its variants with other blocks (Chroma, "
                          "Flux 2) or other flow models. Invert Latent works on it; the edit does not")
+    options = guidance_options(options, family)
     if not (0.0 <= lambda_xa <= 1.0):
         raise ValueError(f"lambda_xa must be between 0.0 and 1.0, got {lambda_xa}")
     samples = inverted_latent["samples"]
@@ -399,43 +398,11 @@ def flow_guided_edit_node(model, positive, inverted_latent, steps, cfg, lambda_x
     if guidance != "paper":
         logging.info("pix2pix-zero Guided Edit: flow models always carry the guided edit latent (the paper's rule)")
 
-    options = dict(DEFAULT_OPTIONS, **model.model_options.get(OPTIONS_KEY, {}))
     patched, run = patched_flow_model(model, options)
     settings = {"cfg": cfg, "lambda_xa": lambda_xa * run.loss_scale, "use_negative": use_negative,
-                "negative_is_caption": negative_is_caption,
-                "guided_steps": round(float(options["guided_fraction"]) * steps)}
+                "negative_is_caption": negative_is_caption, "guided_steps": guided_steps(options, steps)}
     results = {}
     guider = GuidedEditGuider(patched, positive, negative, edited_positive, cfg if use_negative else 1.0)
     # KSAMPLER starts from (1 - s_top) * latent, the inverted x
     return run_guided_sampler(guider, _flow_sampler(run, settings, results, guider), patched, inverted_latent, samples,
                               sigmas, steps, results)
-
-
-class MMDiTGuidanceOptions:
-    DESCRIPTION = ("Memory and time levers of the Guided Edit on SD 3.x and Flux models, set on a clone of the "
-                   "MODEL (connect its output to Guided Edit). Without this node the defaults apply.")
-    CATEGORY = CATEGORY
-    FUNCTION = "apply"
-    RETURN_TYPES = ("MODEL",)
-    OUTPUT_TOOLTIPS = ("The same model with the options attached (the input MODEL is not modified).",)
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        d = DEFAULT_OPTIONS
-        return {"required": {
-            "model": ("MODEL", {"tooltip": "An SD 3.x or Flux model."}),
-            "guided_fraction": ("FLOAT", {"default": d["guided_fraction"], "min": 0.0, "max": 1.0, "step": 0.05, "tooltip": "Attention guidance only on the first fraction of the steps (the high-noise steps that set the layout); 1 guides every step as the paper. Saves time, not peak memory."}),
-            "block_stride": ("INT", {"default": d["block_stride"], "min": 1, "max": 16, "tooltip": "Guide every N-th joint block (1: all). Higher saves the stored reference maps and, with the early stop after the last guided block, some gradient-pass time. The step is scaled by blocks / guided blocks, so lambda_xa keeps its meaning."}),
-            "checkpoint_blocks": ("BOOLEAN", {"default": d["checkpoint_blocks"], "tooltip": "Recompute each block in the backward pass instead of keeping its activations (Flux; ComfyUI already does it for SD 3.x blocks). Off is faster but needs several GB per block at 1024 px."}),
-        }}
-
-    def apply(self, model, guided_fraction, block_stride, checkpoint_blocks):
-        clone = model.clone()
-        clone.model_options[OPTIONS_KEY] = {"guided_fraction": float(guided_fraction),
-                                            "block_stride": int(block_stride),
-                                            "checkpoint_blocks": bool(checkpoint_blocks)}
-        return (clone,)
-
-
-NODE_CLASS_MAPPINGS = {"P2PZ_MMDiTGuidanceOptions": MMDiTGuidanceOptions}
-NODE_DISPLAY_NAME_MAPPINGS = {"P2PZ_MMDiTGuidanceOptions": "Guided Edit Options for SD 3.x / Flux (pix2pix-zero)"}

@@ -1,6 +1,9 @@
 """The Guided Edit shell shared by both model families' seams (nodes/guided_unet.py: UNet cross-attention;
 nodes/guided_flow.py: SD 3.x / Flux joint attention): the guider holding the three conds, the runner that samples
-from the inverted latent with ComfyUI's previews and progress, and the checks both make. Imports neither seam."""
+from the inverted latent with ComfyUI's previews and progress, the Guided Edit Options both read, and the checks
+both make. Imports neither seam."""
+import logging
+
 import comfy.model_management
 import comfy.samplers
 import comfy.utils
@@ -13,6 +16,32 @@ from .common import INVERSION_KEY
 COND_KEYS = {NEGATIVE: "negative", CAPTION: "positive", EDITED: "edited"}
 CFG_RANGE = (1.0, 30.0)
 LAMBDA_RANGE = (0.0, 1.0)
+
+# Guided Edit Options (P2PZ_GuidedEditOptions -> Guided Edit's `options` input): which steps and attention layers
+# are guided. Without the node, each family's defaults: every step and layer on UNet models, as the paper; on SD 3.x
+# / Flux the first half of the steps (the memory estimate's setting, docs/nodes.md), every joint block.
+OPTIONS_TYPE = "P2PZ_GUIDANCE_OPTIONS"
+PAPER_OPTIONS = {"guided_fraction": 1.0, "block_stride": 1, "checkpoint_blocks": True}
+_FLOW_OPTIONS = dict(PAPER_OPTIONS, guided_fraction=0.5)
+DEFAULT_OPTIONS = {"unet": PAPER_OPTIONS, "sd3": _FLOW_OPTIONS, "flux": _FLOW_OPTIONS}
+BLOCK_STRIDE_RANGE = (1, 16)
+
+
+def guidance_options(options, family):
+    """The options a run uses: the connected Guided Edit Options, else the family's defaults ("unet", "sd3", "flux"),
+    checked; a lever that cannot act on this family is logged, never silently dropped."""
+    merged = dict(DEFAULT_OPTIONS[family], **(options or {}))
+    check_range("guided_fraction", merged["guided_fraction"], (0.0, 1.0))
+    check_range("block_stride", merged["block_stride"], BLOCK_STRIDE_RANGE)
+    if not merged["checkpoint_blocks"] and family != "flux":
+        logging.warning("pix2pix-zero Guided Edit: checkpoint_blocks off acts on Flux only (SD 3.x's blocks are "
+                        "checkpointed by ComfyUI itself, a UNet's gradient pass is not checkpointed); ignored")
+    return merged
+
+
+def guided_steps(options, steps):
+    """The number of steps guided from the first: guided_fraction of the steps, rounded to the nearest."""
+    return round(float(options["guided_fraction"]) * steps)
 
 
 class GuidedEditGuider(comfy.samplers.CFGGuider):

@@ -26,7 +26,6 @@ from ..core.attention import AttentionMaps, explicit_attention
 from ..core.guidance import GUIDANCE_MODES, generation_sigmas, guided_edit
 from ..core.inference_weights import normal_tensor_weights
 from ..core.inversion import INVERSION_NAN_CAUSES, check_latent
-from ..core.ode import denoised_from_slope
 from ..core.schedule import restore_schedule
 from ..core.sigma_space import restate
 from .attention_backends import (AUTOGRAD_BACKENDS, OVERRIDE_KEY, attn2_layers, backend_name, gradient_attention,
@@ -34,7 +33,7 @@ from .attention_backends import (AUTOGRAD_BACKENDS, OVERRIDE_KEY, attn2_layers, 
 from .common import (INVERSION_KEY, check_conditioning_batch, check_no_cfg_patches, check_plain_conditioning,
                      discrete_model_sampling, log_map_loss)
 from .guided_shell import (CFG_RANGE, COND_KEYS, LAMBDA_RANGE, GuidedEditGuider, check_range, check_steps,
-                           run_guided_sampler, same_conditioning)
+                           guidance_options, guided_steps, run_guided_sampler, same_conditioning)
 
 
 class _Run:
@@ -46,6 +45,7 @@ class _Run:
         self.branch_of_flag = {}  # index in the conds list given to calc_cond_batch -> branch name
         self.inputs = None  # {flag: latent} when the branches of one call have different latents
         self.module = None  # the torch module whose weights the gradient pass aliases (the clone's BaseModel)
+        self.loss_scale = 1.0  # layers / guided layers (patched_model)
         # A maps-only pass stops the model once it has observed these layers (set per model call; None: runs on)
         self.stop_when_seen = None
         self.seen = set()
@@ -61,8 +61,8 @@ class _MapsComplete(Exception):
 class _Attn2Maps:
     """attn2 replace patch: explicit probabilities for the maps while they are wanted, else the fast path."""
 
-    def __init__(self, run, key, previous=None):
-        self.run, self.key, self.previous = run, key, previous
+    def __init__(self, run, key, previous=None, guided=True):
+        self.run, self.key, self.previous, self.guided = run, key, previous, guided
 
     def __deepcopy__(self, memo):
         return self
@@ -70,7 +70,7 @@ class _Attn2Maps:
     def __call__(self, q, k, v, extra_options):
         heads = extra_options["n_heads"]
         precision = comfy_attention.get_attn_precision(extra_options.get("attn_precision"), q.dtype)
-        if self.run.maps.wants_maps:
+        if self.guided and self.run.maps.wants_maps:
             flags = extra_options["cond_or_uncond"]
             out, probs = explicit_attention(q, k, v, heads, upcast=precision == torch.float32)
             if all(f in self.run.branch_of_flag for f in flags):
@@ -129,18 +129,22 @@ class _BranchInputs:
         return apply_model(args["input"], args["timestep"], **args["c"])
 
 
-def patched_model(model, run):
-    """A clone of `model` with the guidance patches; `model` itself is not modified."""
+def patched_model(model, run, block_stride=1):
+    """A clone of `model` with the guidance patches; `model` itself is not modified. block_stride N: the maps of
+    every N-th cross-attention layer are guided (run.loss_scale: layers / guided layers, see unet_guided_edit)."""
     layers = attn2_layers(model.model.diffusion_model)
     if not layers:
         raise ValueError("this model has no cross-attention (attn2) layers in a UNet: pix2pix-zero needs an SD 1.x, "
                          "SD 2.x or SDXL model")
+    guided = set(list(layers)[::int(block_stride)])
+    run.loss_scale = len(layers) / len(guided)
     clone = model.clone()
     transformer_options = clone.model_options.get("transformer_options", {})
     existing = transformer_options.get("patches_replace", {}).get("attn2", {})
     for key in layers:
         previous = existing.get(key, existing.get(key[:2]))
-        clone.set_model_attn2_replace(_Attn2Maps(run, key, previous), *key)
+        # every layer is patched (the unguided ones still need an attention with a backward in the gradient pass)
+        clone.set_model_attn2_replace(_Attn2Maps(run, key, previous, guided=key in guided), *key)
     # The guided step backpropagates through every self-attention layer (see self_attention). Only on this clone,
     # and never over another pack's attn1 patch (its attention is then what the gradient goes through).
     existing1 = transformer_options.get("patches_replace", {}).get("attn1", {})
@@ -184,12 +188,11 @@ def _guided_sampler(run, settings, start_level, results, guider):
         denoise = _BranchDenoiser(guider, (extra_args or {}).get("model_options", {}), run)
         levels = [float(s) for s in sigmas]
 
-        def on_step(step, x_edit, x_ref, eps, losses):
+        def on_step(step, x_edit, x_ref, x0, losses):
             # Server runs check interruption in the progress hook; in-process runs only here.
             comfy.model_management.throw_exception_if_processing_interrupted()
             log_map_loss(step, len(levels) - 1, losses)
             if callback is not None:
-                x0 = denoised_from_slope(x_edit, eps, levels[step + 1])  # the edit's clean-latent guess, for the preview
                 callback({"i": step, "x": x_edit, "denoised": x0, "sigma": sigmas[step], "sigma_hat": sigmas[step]})
 
         comfy.model_management.throw_exception_if_processing_interrupted()
@@ -236,8 +239,9 @@ def _schedule_of(latent, model_sampling, steps):
 
 
 def unet_guided_edit(model, positive, inverted_latent, steps, cfg, lambda_xa, guidance, negative=None,
-                     direction=None, direction_multiplier=1.0, edited_positive=None):
+                     direction=None, direction_multiplier=1.0, edited_positive=None, options=None):
     """P2PZ_GuidedEdit for SD 1.x / 2.x / SDXL (nodes/guided.py dispatches here)."""
+    options = guidance_options(options, "unet")
     check_range("cfg", cfg, CFG_RANGE)
     check_no_cfg_patches(model, cfg != 1.0)
     check_range("lambda_xa", lambda_xa, LAMBDA_RANGE)
@@ -272,8 +276,11 @@ def unet_guided_edit(model, positive, inverted_latent, steps, cfg, lambda_xa, gu
         )
 
     run = _Run()
-    patched = patched_model(model, run)
-    settings = {"cfg": cfg, "lambda_xa": lambda_xa, "mode": guidance, "negative_is_caption": negative_is_caption}
+    patched = patched_model(model, run, options["block_stride"])
+    # The map loss is a sum over the guided layers: guiding every N-th leaves about 1/N of the terms, so the step is
+    # scaled by (layers / guided layers) to keep lambda_xa meaning the same step whatever the stride.
+    settings = {"cfg": cfg, "lambda_xa": lambda_xa * run.loss_scale, "mode": guidance,
+                "negative_is_caption": negative_is_caption, "guided_steps": guided_steps(options, steps)}
     results = {}
     guider = GuidedEditGuider(patched, positive, negative, edited_positive, cfg)
     sampler = _guided_sampler(run, settings, start_level, results, guider)

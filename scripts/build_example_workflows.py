@@ -26,8 +26,8 @@ What the frontend needs from a template (ComfyUI serves every ``example_workflow
 """
 import json
 import math
-import re
 import os
+import re
 import sys
 import uuid
 
@@ -239,7 +239,7 @@ NODES_2_HEIGHT = {
     "CheckpointLoaderSimple": 161, "ImageScale": 212, "VAEEncode": 102, "VAEDecode": 102, "PreviewAny": 183,
     "P2PZ_BLIPCaption": 280, "P2PZ_EncodeCaptions": 102, "P2PZ_InvertLatent": 354, "P2PZ_BuildDirection": 507,
     "P2PZ_GuidedEdit": 361, "P2PZ_LoadDirection": 113, "P2PZ_SaveDirection": 150, "P2PZ_LoadStudent": 147,
-    "P2PZ_ApplyStudent": 102, "TripleCLIPLoader": 182, "ModelSamplingSD3": 110, "P2PZ_MMDiTGuidanceOptions": 170,
+    "P2PZ_ApplyStudent": 102, "TripleCLIPLoader": 182, "ModelSamplingSD3": 110, "P2PZ_GuidedEditOptions": 170,
     "UNETLoader": 147, "DualCLIPLoader": 217, "VAELoader": 113, "ModelSamplingFlux": 206, "FluxGuidance": 110,
     "CLIPTextEncode": 174, "P2PZ_NoiseLatent": 246,
 }
@@ -266,7 +266,7 @@ SHORT_TITLES = {
 }
 # Measured untitled (display names) in 1.35.9, none of which the examples use: GuidedEdit 383, InvertLatent 339,
 # EncodeCaptions 322, NoiseLatent 349, ApplyStudent 288, LoadStudent 283, Build/Load/SaveDirection 262,
-# BLIPCaption 222, MMDiTGuidanceOptions 378; VAEDecode titled "VAE Decode (reconstruction)" 232.
+# BLIPCaption 222, GuidedEditOptions 290 (untitled, not measured again); VAEDecode titled "VAE Decode (reconstruction)" 232.
 
 
 def nodes2_height(kind, width):
@@ -583,10 +583,12 @@ def mmdit_photo(g, model, clip, vae, caption_then=None, size=1024):
             "latent": latent, "invert": invert, "direction": direction}
 
 
-def mmdit_edit(g, model, vae, positive, start, direction, cfg, prefix):
-    """GuidedEdit (28 steps: the inversion's) -> VAEDecode -> SaveImage; the reconstruction -> PreviewImage."""
+def mmdit_edit(g, model, vae, positive, start, direction, cfg, prefix, options):
+    """GuidedEdit (28 steps: the inversion's; the Guided Edit Options node connected) -> VAEDecode -> SaveImage;
+    the reconstruction -> PreviewImage."""
     edit = g.node("P2PZ_GuidedEdit", (0, 0), {"steps": 28, "cfg": cfg, "lambda_xa": 0.1}, size=(270, 260))
     g.link(model, 0, edit, "model")
+    g.link(options, 0, edit, "options")
     g.link(positive, 0, edit, "positive")
     g.link(start, 0, edit, "inverted_latent")
     g.link(direction, 0, edit, "direction")
@@ -622,11 +624,12 @@ def sd35_photo(defs, classes):
                   properties={"models": [CLIP_L, CLIP_G, T5XXL_FP8]})
     sampling = g.node("ModelSamplingSD3", (0, 0), {"shift": 3.0}, size=(250, 58))
     g.link(ckpt, 0, sampling, "model")
-    options = g.node("P2PZ_MMDiTGuidanceOptions", (0, 0), size=(250, 106), title="Guided Edit Options")
-    g.link(sampling, 0, options, "model")
+    # the flow defaults, shown: guidance on the first half of the steps, every joint block
+    options = g.node("P2PZ_GuidedEditOptions", (0, 0), {"guided_fraction": 0.5}, size=(250, 106),
+                     title="Guided Edit Options")
     prep = mmdit_photo(g, (sampling, 0), (clip, 0), (ckpt, 2))
-    out = mmdit_edit(g, options, (ckpt, 2), prep["positive"], prep["invert"], prep["direction"], 4.5,
-                     "sd35_cat_to_dog")
+    out = mmdit_edit(g, sampling, (ckpt, 2), prep["positive"], prep["invert"], prep["direction"], 4.5,
+                     "sd35_cat_to_dog", options)
     # Two rows, as photo_layout: the loaders and the photo's chain, then the inversion, the edit and the images.
     top = [note, ckpt, clip, sampling, options] + [prep[k] for k in ("image", "scaled", "latent", "blip", "caption",
                                                                      "direction")]
@@ -655,13 +658,12 @@ def flux_photo(defs, classes):
                  properties={"models": [FLUX_VAE]})
     sampling = g.node("ModelSamplingFlux", (0, 0), {"width": 1024, "height": 1024}, size=(250, 122))
     g.link(unet, 0, sampling, "model")
-    options = g.node("P2PZ_MMDiTGuidanceOptions", (0, 0), {"block_stride": 2}, size=(250, 106),
+    options = g.node("P2PZ_GuidedEditOptions", (0, 0), {"guided_fraction": 0.5, "block_stride": 2}, size=(250, 106),
                      title="Guided Edit Options")
-    g.link(sampling, 0, options, "model")
     guidance = g.node("FluxGuidance", (0, 0), {"guidance": 3.5}, size=(230, 60))
     prep = mmdit_photo(g, (sampling, 0), (clip, 0), (vae, 0), caption_then=guidance)
-    out = mmdit_edit(g, options, (vae, 0), prep["positive"], prep["invert"], prep["direction"], 1.0,
-                     "flux_cat_to_dog")
+    out = mmdit_edit(g, sampling, (vae, 0), prep["positive"], prep["invert"], prep["direction"], 1.0,
+                     "flux_cat_to_dog", options)
     # Two rows, as photo_layout: the loaders and the photo's chain, then the inversion, the edit and the images.
     top = [note, unet, clip, vae, sampling, options, guidance] + [prep[k] for k in ("image", "scaled", "latent", "blip",
                                                                                     "caption", "direction")]

@@ -1,7 +1,7 @@
 """The per-step attention-map losses of a guided edit, observed from outside the loop (tests only).
 
-`recording(edit, runs, flow=False)` wraps core.guidance.guided_edit (or, flow=True, core.flow_guidance's
-flow_guided_edit): every call appends its list of per-step loss dicts ({branch: loss}) to `runs`.
+`recording(edit, runs)` wraps core.guidance.guided_edit (either family's rules): every call appends its list
+of per-step loss dicts ({branch: loss}) to `runs`.
 - lambda_xa > 0: the losses the loop computes before each gradient step, as its step callback reports them (the
   callback the caller passed still runs);
 - lambda_xa 0 (no gradient pass, no loss): `LossProbe` wraps the denoiser and measures, on the steps that would be
@@ -13,7 +13,7 @@ import inspect
 
 import torch
 
-from core.guidance import CAPTION, EDITED, NEGATIVE
+from core.guidance import CAPTION, EDITED, NEGATIVE, guided_targets
 
 
 class LossProbe:
@@ -59,8 +59,8 @@ class LossProbe:
         return out
 
 
-def recording(edit, runs, flow=False):
-    """`edit` (guided_edit, or flow_guided_edit with flow=True) appending each run's per-step losses to `runs`."""
+def recording(edit, runs):
+    """`edit` (core.guidance.guided_edit) appending each run's per-step losses to `runs`."""
     signature = inspect.signature(edit)
 
     def recorded(*args, **kwargs):
@@ -68,14 +68,10 @@ def recording(edit, runs, flow=False):
         bound.apply_defaults()
         a = bound.arguments
         if a["lambda_xa"] == 0:
-            if flow:
-                targets, copies, limit = {EDITED: CAPTION}, 1, a["guided_steps"]
-            else:
-                use_cfg = a["cfg"] > 1.0
-                negative_target = CAPTION if a["negative_is_caption"] else NEGATIVE
-                targets = ({NEGATIVE: negative_target, EDITED: CAPTION} if use_cfg and a["mode"] == "references"
-                           else {EDITED: CAPTION})
-                copies, limit = 2 if use_cfg else 1, None
+            use_cfg = a["use_negative"] and a["cfg"] > 1.0
+            targets = guided_targets(use_cfg=use_cfg, mode=a["mode"], negative_is_caption=a["negative_is_caption"])
+            copies = 2 if use_cfg and a["rules"].loss_over_cfg_batch else 1
+            limit = a["guided_steps"]
             probe = LossProbe(a["denoise"], a["maps"], targets, copies, limit)
             a["denoise"] = probe
             runs.append(probe.losses)

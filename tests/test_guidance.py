@@ -10,13 +10,13 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from scripts.diffusers_tiny import SD_BETAS, alphas_cumprod, tiny_pix2pix_zero_pipeline, tiny_unet
+from map_losses import recording, total
+from tolerances import SAME_MATH_RTOL, same_math_atol
 
 from core import sigmas_from_alphas_cumprod
 from core.attention import AttentionMaps, explicit_attention
 from core.guidance import CAPTION, EDITED, NEGATIVE, GuidedEditor, generation_sigmas, guided_edit, restate
-from map_losses import recording, total
-from tolerances import SAME_MATH_RTOL, same_math_atol
+from scripts.diffusers_tiny import SD_BETAS, alphas_cumprod, tiny_pix2pix_zero_pipeline, tiny_unet
 
 WIDTH = 32  # tiny_unet's cross_attention_dim
 
@@ -441,3 +441,63 @@ def test_bad_settings_get_clear_errors(unet, table):
     unhooked.unet.set_attn_processor(AttnProcessor2_0())  # no processor reports maps
     with pytest.raises(RuntimeError, match="attention hook is not installed"):
         guided_edit(unhooked, unhooked.maps, x, sigmas)
+
+
+def test_guided_steps_guide_only_the_first_steps(unet64, table):
+    """guided_steps K: the first K steps are the fully guided run's, step for step and bit for bit (the same
+    calls on the same inputs: rule 1); the later steps run no gradient pass and report no loss; K 0 is lambda_xa 0
+    exactly (the same calls: no maps recorded, no gradient pass)."""
+    caption, negative, direction = _embeddings(seed=18, dtype=torch.float64)
+    sigmas, x_T = generation_sigmas(table, 5), _x_T(seed=19, dtype=torch.float64)
+    model = _model(unet64, 4 * caption, 4 * negative, direction)
+
+    def run(**kw):
+        seen = []
+        result = _run(model, x_T, sigmas, cfg=5.0, callback=lambda step, x, ref, x0, losses: seen.append(
+            (x.clone(), dict(losses))), **kw)
+        return result, seen
+
+    full, full_steps = run(lambda_xa=0.5)
+    first, first_steps = run(lambda_xa=0.5, guided_steps=2)
+    assert [set(losses) for _, losses in first_steps] == [{NEGATIVE, EDITED}] * 2 + [set()] * 3
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(first_steps[:2], full_steps[:2]))
+    assert not torch.equal(first_steps[2][0], full_steps[2][0]) and not torch.equal(first.edited, full.edited)
+    model.calls.clear()
+    none, _ = run(lambda_xa=0.5, guided_steps=0)
+    calls_none = [list(c) for c in model.calls]
+    model.calls.clear()
+    unguided, _ = run(lambda_xa=0.0)
+    assert calls_none == [list(c) for c in model.calls] and torch.equal(none.edited, unguided.edited)
+
+
+def test_flow_rules_take_the_flow_step_over_the_edited_rows(unet64, table):
+    """The family seam: from the same latent and maps, FLOW_RULES' gradient step is DDIM_RULES' scaled by
+    flow_sgd_step_size / sgd_step_size and by 2 (the flow loss averages over the edited branch's heads, the
+    references' over the CFG batch's 2 x heads rows), and its result is the latent itself, where DDIM_RULES' is the
+    DDIM sample. Same gradient pass on both sides (rule 1 for the gradient; the steps are a product and a
+    difference in float64, checked to rule 2)."""
+    from core.flow_space import flow_sgd_step_size
+    from core.guidance import DDIM_RULES, FLOW_RULES
+    from core.sigma_space import sgd_step_size, to_ddim
+
+    caption, negative, direction = _embeddings(seed=20, dtype=torch.float64)
+    sigmas, x_T = generation_sigmas(table, 3), _x_T(seed=21, dtype=torch.float64)
+    s, s_next = float(sigmas[1]), float(sigmas[2])
+    x_ref = x_T * (1 + s**2) ** 0.5
+    x = x_ref + 0.1 * _x_T(seed=22, dtype=torch.float64)
+    moved = {}
+    for rules in (DDIM_RULES, FLOW_RULES):
+        model = _model(unet64, 4 * caption, 4 * negative, direction)
+        editor = GuidedEditor(model, model.maps, cfg=5.0, lambda_xa=0.3, mode="paper", rules=rules,
+                              on_gradient_step=lambda x0, stepped, losses, r=rules: moved.__setitem__(
+                                  r.name, stepped[EDITED] - x0))
+        editor.reference_step(x_ref, s, s_next)
+        editor.edit_step(x, s, s_next)
+    ratio = 2 * flow_sgd_step_size(0.3, s) / sgd_step_size(0.3, s)
+    torch.testing.assert_close(moved["flow"], ratio * moved["ddim"], rtol=0,
+                               atol=same_math_atol(moved["flow"]) + same_math_atol(x))
+    assert float(moved["ddim"].abs().max()) > 1e3 * same_math_atol(x)  # a step that the comparison can see
+    model = _model(unet64, caption, caption, direction)
+    levels = torch.tensor([0.9, 0.6, 0.3, 0.1], dtype=torch.float64)  # within both families' limits
+    ddim, flow = (_run(model, x_T, levels, lambda_xa=0.0, rules=rules) for rules in (DDIM_RULES, FLOW_RULES))
+    assert torch.equal(ddim.edited, to_ddim(flow.edited, 0.1)) and not torch.equal(ddim.edited, flow.edited)

@@ -4,9 +4,9 @@ import sys
 
 import pytest
 import torch
-
 from map_losses import recording, total
 from tolerances import rounding_atol
+
 from scripts import tiny_models
 
 pytestmark = pytest.mark.host
@@ -116,6 +116,40 @@ def test_layouts_guidance_lowers_the_map_loss(comfy, pack_nodes, runs, layout):
     torch.testing.assert_close(reconstruction["samples"], outputs[0.0][1]["samples"])  # guidance never touches it
 
 
+def test_options_guide_the_first_steps_and_every_nth_layer(comfy, pack_nodes, runs):
+    """Guided Edit Options on the UNet path: guided_fraction 0.5 of 4 steps guides steps 0 and 1 only (no loss, no
+    gradient pass after them); block_stride 2 guides cross-attention layers 0, 2, 4, ... only, with the step scaled
+    by layers / guided layers; without options every step and layer is guided (the paper). The deprecated
+    SD 3.x / Flux options node, whose settings travel in the MODEL, still applies, to the same result."""
+    results, layers = runs
+    model, width, pooled = _tiny_model(comfy, "sd15")
+    caption = _conditioning(width, pooled, seed=1)
+    edited = _shifted(caption, seed=2)
+    inverted = _invert(comfy, model, caption, _latent(seed=3, size=16), steps=4)
+    guided = _module(comfy, "nodes.guided_unet")
+    every_layer = list(guided.attn2_layers(model.model.diffusion_model))
+    _edit(comfy, model, caption, inverted, 4, edited_positive=edited)
+    assert [set(step) for step in results[-1]] == [{"negative", "edited"}] * 4 and layers == set(every_layer)
+    layers.clear()
+    options = comfy.call_node("P2PZ_GuidedEditOptions", guided_fraction=0.5, block_stride=2,
+                              checkpoint_blocks=True)[0]
+    seen = []
+    inner = guided.guided_edit
+    guided.guided_edit = lambda *a, **k: seen.append(k["lambda_xa"]) or inner(*a, **k)
+    try:
+        tuned = _edit(comfy, model, caption, inverted, 4, edited_positive=edited, options=options)[0]["samples"]
+    finally:
+        guided.guided_edit = inner
+    assert [bool(step) for step in results[-1]] == [True, True, False, False]
+    assert layers == set(every_layer[::2]) and seen == [pytest.approx(0.1 * 2)]
+    legacy = comfy.call_node("P2PZ_MMDiTGuidanceOptions", model=model, guided_fraction=0.5, block_stride=2,
+                             checkpoint_blocks=True)[0]
+    again = _edit(comfy, legacy, caption, inverted, 4, edited_positive=edited)[0]["samples"]
+    assert torch.equal(again, tuned) and [bool(step) for step in results[-1]] == [True, True, False, False]
+    with pytest.raises(ValueError, match="guided_fraction must be between 0.0 and 1.0"):
+        comfy.call_node("P2PZ_GuidedEditOptions", guided_fraction=1.5, block_stride=1, checkpoint_blocks=True)
+
+
 @pytest.mark.parametrize("layout", ["sd15", "sdxl"])
 def test_zero_direction_without_guidance_gives_the_reconstruction(comfy, pack_nodes, layout):
     """lambda_xa 0 and the caption itself as the edited caption (what a zero direction gives; the node refuses a
@@ -188,8 +222,9 @@ def test_parity_with_diffusers_pipeline_on_shared_weights(comfy, tiny_sd15_objec
     float64 vs float32. Both sides lie within it of the float64 result, so within 2x of each other; the bound is
     10x, plus 1e-6. Only 2 steps: a raw random network amplifies such differences step after step (the CI parity
     tests check every step, and a whole run, against the pipeline with diffusers' own UNet)."""
-    from scripts.diffusers_tiny import tiny_pix2pix_zero_pipeline
     from test_host_diffusers_parity import _diffusers_twin
+
+    from scripts.diffusers_tiny import tiny_pix2pix_zero_pipeline
 
     model, clip, _ = tiny_sd15_objects
     caption = comfy.call_node("CLIPTextEncode", clip=clip, text="a photo of a cat")[0]

@@ -9,8 +9,9 @@ import torch
 from flow_checks import check_model_untouched
 from flow_checks import smooth_latent as _latent
 from map_losses import recording
-from scripts import tiny_models
 from tolerances import gamma, rounding_atol
+
+from scripts import tiny_models
 
 pytestmark = pytest.mark.host
 
@@ -43,24 +44,25 @@ def _invert(comfy, model, cond, latent, steps=STEPS):
                            schedule="diffusers", lambda_ac=0.0, lambda_kl=0.0, reg_steps=0, ac_rolls=0, seed=0)
 
 
-def _options(comfy, model, fraction=1.0, stride=1, checkpoint=True):
-    return comfy.call_node("P2PZ_MMDiTGuidanceOptions", model=model, guided_fraction=fraction, block_stride=stride,
+def _options(comfy, fraction=1.0, stride=1, checkpoint=True):
+    return comfy.call_node("P2PZ_GuidedEditOptions", guided_fraction=fraction, block_stride=stride,
                            checkpoint_blocks=checkpoint)[0]
 
 
-def _edit(comfy, model, cond, inverted, edited, lambda_xa, cfg=1.0, negative=None, results=None):
+def _edit(comfy, model, cond, inverted, edited, lambda_xa, cfg=1.0, negative=None, results=None, options=None):
     """The node's output; results (a dict): its "losses" receive the run's per-step map losses, observed from
     outside the node (map_losses.recording around the flow loop: with lambda_xa 0 measured as a gradient pass would
     see them)."""
     flow_node = _module(comfy, "nodes.guided_flow")
-    runs, inner = [], flow_node.flow_guided_edit
+    runs, inner = [], flow_node.guided_edit
     if results is not None:
-        flow_node.flow_guided_edit = recording(inner, runs, flow=True)
+        flow_node.guided_edit = recording(inner, runs)
     try:
         out = comfy.call_node(NODE, model=model, positive=cond, inverted_latent=inverted, steps=STEPS, cfg=cfg,
-                              lambda_xa=lambda_xa, guidance="paper", negative=negative, edited_positive=edited)
+                              lambda_xa=lambda_xa, guidance="paper", negative=negative, edited_positive=edited,
+                              options=options)
     finally:
-        flow_node.flow_guided_edit = inner
+        flow_node.guided_edit = inner
     if results is not None:
         (results["losses"],) = runs
     return out
@@ -119,7 +121,7 @@ def test_captured_maps_are_the_image_rows_over_text_columns(comfy, flow):
     family, model, cond, _, _ = flow
     guided_flow = _module(comfy, "nodes.guided_flow")
     spied, calls = _with_spy(model)
-    patched, run = guided_flow.patched_flow_model(spied, guided_flow.DEFAULT_OPTIONS)
+    patched, run = guided_flow.patched_flow_model(spied, _options(comfy, fraction=0.5))
     run.branch_of_flag = {0: "positive"}
     run.maps.record()
     sampler = comfy.call_node("KSamplerSelect", sampler_name="euler")[0]
@@ -162,10 +164,10 @@ def test_captured_maps_are_the_image_rows_over_text_columns(comfy, flow):
 def test_guidance_lowers_the_joint_attention_map_loss(comfy, flow):
     family, model, cond, edited, negative = flow
     inverted = _invert(comfy, model, cond, _latent(seed=2))[0]
-    tuned = _options(comfy, model)
+    tuned = _options(comfy)
     off, on = {}, {}
-    e0 = _edit(comfy, tuned, cond, inverted, edited, 0.0, results=off)[0]["samples"]
-    e1 = _edit(comfy, tuned, cond, inverted, edited, 1.0, results=on)[0]["samples"]
+    e0 = _edit(comfy, model, cond, inverted, edited, 0.0, results=off, options=tuned)[0]["samples"]
+    e1 = _edit(comfy, model, cond, inverted, edited, 1.0, results=on, options=tuned)[0]["samples"]
     loss_off = [step["edited"] for step in off["losses"]]
     loss_on = [step["edited"] for step in on["losses"]]
     assert len(loss_off) == len(loss_on) == STEPS
@@ -179,7 +181,7 @@ def test_guided_fraction_limits_the_guided_steps(comfy, flow):
     family, model, cond, edited, _ = flow
     inverted = _invert(comfy, model, cond, _latent(seed=2))[0]
     results = {}
-    _edit(comfy, _options(comfy, model, fraction=0.5), cond, inverted, edited, 0.5, results=results)
+    _edit(comfy, model, cond, inverted, edited, 0.5, results=results, options=_options(comfy, fraction=0.5))
     assert [bool(step) for step in results["losses"]] == [True, True, False, False]
 
 
@@ -205,11 +207,11 @@ def test_batch_equals_singles(comfy, flow):
     family, model, cond, edited, _ = flow
     latent = _latent(batch=2, seed=6)
     inverted = _invert(comfy, model, cond, latent)[0]
-    both = _edit(comfy, _options(comfy, model), cond, inverted, edited, 0.5)[0]["samples"]
+    both = _edit(comfy, model, cond, inverted, edited, 0.5, options=_options(comfy))[0]["samples"]
     for i in range(2):
         def edit_one(samples):
             single = dict(inverted, samples=samples, p2pz_inversion=dict(inverted["p2pz_inversion"], shape=[1, 16, 8, 8]))
-            return _edit(comfy, _options(comfy, model), cond, single, edited, 0.5)[0]["samples"]
+            return _edit(comfy, model, cond, single, edited, 0.5, options=_options(comfy))[0]["samples"]
 
         one = edit_one(inverted["samples"][i:i + 1])
         # another batch composition: float32 rounding, bounded by the run's amplification of a nudge (rule 4)
@@ -223,7 +225,7 @@ def test_model_unchanged_and_stock_sampler_same_before_and_after(comfy, flow):
 
     def invert_and_edit():
         inverted = _invert(comfy, model, cond, latent)[0]
-        _edit(comfy, _options(comfy, model), cond, inverted, edited, 0.5)
+        _edit(comfy, model, cond, inverted, edited, 0.5, options=_options(comfy))
         _edit(comfy, model, cond, inverted, edited, 0.5)
 
     check_model_untouched(comfy, model, cond, latent, invert_and_edit)
@@ -235,9 +237,9 @@ def test_existing_override_is_still_called(comfy, flow):
     producing the output in the map passes too; results equal the run without it."""
     family, model, cond, edited, _ = flow
     inverted = _invert(comfy, model, cond, _latent(seed=8))[0]
-    spied, calls = _with_spy(_options(comfy, model, fraction=0.5))
-    with_spy = _edit(comfy, spied, cond, inverted, edited, 0.5)[0]["samples"]
-    without = _edit(comfy, _options(comfy, model, fraction=0.5), cond, inverted, edited, 0.5)[0]["samples"]
+    spied, calls = _with_spy(model)
+    with_spy = _edit(comfy, spied, cond, inverted, edited, 0.5, options=_options(comfy, fraction=0.5))[0]["samples"]
+    without = _edit(comfy, model, cond, inverted, edited, 0.5, options=_options(comfy, fraction=0.5))[0]["samples"]
     assert calls
     # the override passes through to the same attention function: the same arithmetic
     assert torch.equal(with_spy, without)
@@ -323,8 +325,8 @@ def test_block_checkpointing_gives_the_same_edit(comfy, flow):
     checks autograd enforces."""
     family, model, cond, edited, _ = flow
     inverted = _invert(comfy, model, cond, _latent(seed=9))[0]
-    a = _edit(comfy, _options(comfy, model, checkpoint=True), cond, inverted, edited, 1.0)[0]["samples"]
-    b = _edit(comfy, _options(comfy, model, checkpoint=False), cond, inverted, edited, 1.0)[0]["samples"]
+    a = _edit(comfy, model, cond, inverted, edited, 1.0, options=_options(comfy, checkpoint=True))[0]["samples"]
+    b = _edit(comfy, model, cond, inverted, edited, 1.0, options=_options(comfy, checkpoint=False))[0]["samples"]
     # recomputation runs the same forward again: the same arithmetic, the same gradient
     assert torch.equal(a, b)
 
@@ -430,24 +432,24 @@ def test_block_stride_guides_every_other_block(comfy, pack_nodes, family):
     edited = tiny_models.tiny_flow_conditioning(width, pooled, seed=2, scale=4.0)
     inverted = _invert(comfy, model, cond, _latent(seed=2))[0]
     guided_flow = _module(comfy, "nodes.guided_flow")
-    _, run = guided_flow.patched_flow_model(model, dict(guided_flow.DEFAULT_OPTIONS, block_stride=2))
+    _, run = guided_flow.patched_flow_model(model, _options(comfy, stride=2))
     assert run.guided_blocks == ({("double_block", 0), ("double_block", 2)} if family == "flux"
                                  else {("double_block", 0)})
     # the loss sums over the guided blocks: the step is scaled by blocks / guided blocks (3 / 2 and 2 / 1)
     assert run.loss_scale == (1.5 if family == "flux" else 2.0)
     seen = []
-    inner = guided_flow.flow_guided_edit
-    guided_flow.flow_guided_edit = lambda *a, **k: seen.append(k["lambda_xa"]) or inner(*a, **k)
+    inner = guided_flow.guided_edit
+    guided_flow.guided_edit = lambda *a, **k: seen.append(k["lambda_xa"]) or inner(*a, **k)
     try:
-        _edit(comfy, _options(comfy, model, stride=2), cond, inverted, edited, 0.1)
+        _edit(comfy, model, cond, inverted, edited, 0.1, options=_options(comfy, stride=2))
     finally:
-        guided_flow.flow_guided_edit = inner
+        guided_flow.guided_edit = inner
     assert seen == [pytest.approx(0.1 * run.loss_scale)]
-    tuned = {s: _options(comfy, model, stride=s) for s in (1, 2)}
+    tuned = {s: _options(comfy, stride=s) for s in (1, 2)}
     off, on = {}, {}
-    _edit(comfy, tuned[2], cond, inverted, edited, 0.0, results=off)
-    _edit(comfy, tuned[2], cond, inverted, edited, 1.0, results=on)
+    _edit(comfy, model, cond, inverted, edited, 0.0, results=off, options=tuned[2])
+    _edit(comfy, model, cond, inverted, edited, 1.0, results=on, options=tuned[2])
     assert all(a < b for a, b in zip([s["edited"] for s in on["losses"]][1:], [s["edited"] for s in off["losses"]][1:]))
     every = {}
-    _edit(comfy, tuned[1], cond, inverted, edited, 0.0, results=every)
+    _edit(comfy, model, cond, inverted, edited, 0.0, results=every, options=tuned[1])
     assert every["losses"][0]["edited"] > off["losses"][0]["edited"]  # more blocks' maps than with stride 2
