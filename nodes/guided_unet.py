@@ -4,8 +4,8 @@ The loop is core.guidance's; this module connects it to ComfyUI's sampling machi
 - attn2 replace patches (every cross-attention layer, found by walking the diffusion model) compute the attention
   probabilities explicitly while maps are wanted and hand them to the run's AttentionMaps, split by ComfyUI's
   branch flags (`cond_or_uncond`); otherwise they call ComfyUI's optimized attention with the transformer options;
-- a model_function_wrapper lets one batched model call evaluate each CFG branch at its own latent (the references'
-  two guided copies), again by branch flags;
+- an APPLY_MODEL wrapper (ComfyUI's patcher wrappers, under the pack's own key) lets one batched model call evaluate
+  each CFG branch at its own latent (the references' two guided copies), again by branch flags;
 - attn1 replace patches (where no other pack has one) run self-attention with ComfyUI's PyTorch (SDPA) attention
   in the gradient pass, whatever backend or `optimized_attention_override` the host uses (sage, flash and xformers
   have no autograd backward); the no-grad passes keep the host's attention, override included;
@@ -19,6 +19,7 @@ import logging
 
 import comfy.ldm.modules.attention as comfy_attention
 import comfy.model_management
+import comfy.patcher_extension
 import comfy.samplers
 import torch
 
@@ -36,6 +37,8 @@ from .guided_shell import (CFG_RANGE, COND_KEYS, LAMBDA_RANGE, GuidedEditGuider,
                            guidance_options, guided_steps, run_guided_sampler, same_conditioning)
 
 
+WRAPPER_KEY = "p2pz_guided_edit"  # the key of the pack's APPLY_MODEL wrapper on the run's clone
+
 class _Run:
     """State of one guided sampling run, shared by its patches. Never copied: ModelPatcher.clone() deep-copies
     model_options, and the patches must keep talking to this one object."""
@@ -46,6 +49,7 @@ class _Run:
         self.inputs = None  # {flag: latent} when the branches of one call have different latents
         self.module = None  # the torch module whose weights the gradient pass aliases (the clone's BaseModel)
         self.loss_scale = 1.0  # layers / guided layers (patched_model)
+        self.function_wrapped = False  # another pack's model_function_wrapper runs around the model calls
         # A maps-only pass stops the model once it has observed these layers (set per model call; None: runs on)
         self.stop_when_seen = None
         self.seen = set()
@@ -90,43 +94,48 @@ class _Attn2Maps:
 
 
 class _BranchInputs:
-    """model_function_wrapper: gives each branch chunk of a batched call its own latent (chained to a previous
-    wrapper, if the MODEL had one)."""
+    """ComfyUI's APPLY_MODEL wrapper (a patcher wrapper under the pack's own key): gives each branch chunk of a
+    batched call its own latent. Other packs' wrappers and model_function_wrapper keep running around it."""
 
-    def __init__(self, run, previous=None):
-        self.run, self.previous = run, previous
+    def __init__(self, run):
+        self.run = run
 
     def __deepcopy__(self, memo):
         return self
 
-    def __call__(self, apply_model, args):
+    def __call__(self, executor, x, t, c_concat, c_crossattn, control, transformer_options, **kwargs):
         inputs = self.run.inputs
         if inputs is not None:
-            args = dict(args, input=torch.cat([inputs[f] for f in args["cond_or_uncond"]]))
+            x = torch.cat([inputs[f] for f in transformer_options["cond_or_uncond"]])
         maps = self.run.maps
         # A maps-only pass (the gradient pass: only its map loss is used) ends at the last cross-attention layer
         # the reference recorded: the rest of the UNet would cost forward time and the memory of its saved
-        # activations for nothing. Not under another pack's wrapper, which may expect the model's whole run.
-        stop = maps.maps_only and maps.mode == "compare" and self.previous is None
+        # activations for nothing. Not when another pack wraps the model call, which may expect the model's whole
+        # run (the stop is an exception through its code).
+        stop = (maps.maps_only and maps.mode == "compare" and not self.run.function_wrapped
+                and not _other_wrappers(transformer_options))
         self.run.stop_when_seen = maps.reference_layers if stop else None
         self.run.seen = set()
+        args = (x, t, c_concat, c_crossattn, control, transformer_options)
         try:
             if torch.is_grad_enabled() and self.run.module is not None:
                 # The gradient pass: autograd must save weights, which ComfyUI loaded as inference tensors. Aliases
                 # of them (no copy) stand in for this call only; the no-grad passes use the weights as they are.
                 with normal_tensor_weights(self.run.module):
-                    return self._call(apply_model, args)
-            return self._call(apply_model, args)
+                    return executor(*args, **kwargs)
+            return executor(*args, **kwargs)
         except _MapsComplete:
             # Its maps are in the loss; the output is never read (maps_only), a placeholder of the right shape.
-            return torch.zeros_like(args["input"])
+            return torch.zeros_like(x)
         finally:
             self.run.stop_when_seen, self.run.seen = None, set()
 
-    def _call(self, apply_model, args):
-        if self.previous is not None:
-            return self.previous(apply_model, args)
-        return apply_model(args["input"], args["timestep"], **args["c"])
+
+def _other_wrappers(transformer_options):
+    """Whether another pack's APPLY_MODEL or DIFFUSION_MODEL wrapper runs in this model call."""
+    wrappers = transformer_options.get("wrappers", {})
+    kinds = (comfy.patcher_extension.WrappersMP.APPLY_MODEL, comfy.patcher_extension.WrappersMP.DIFFUSION_MODEL)
+    return any(key != WRAPPER_KEY and found for kind in kinds for key, found in wrappers.get(kind, {}).items())
 
 
 def patched_model(model, run, block_stride=1):
@@ -156,7 +165,7 @@ def patched_model(model, run, block_stride=1):
         logging.info("pix2pix-zero Guided Edit: the gradient pass uses PyTorch attention (attention backend %s%s has "
                      "no usable backward)", backend or comfy_attention.optimized_attention,
                      " with an optimized_attention_override" if OVERRIDE_KEY in transformer_options else "")
-    clone.set_model_unet_function_wrapper(_BranchInputs(run, clone.model_options.get("model_function_wrapper")))
+    clone.add_wrapper_with_key(comfy.patcher_extension.WrappersMP.APPLY_MODEL, WRAPPER_KEY, _BranchInputs(run))
     run.module = clone.model
     return clone
 
@@ -173,6 +182,7 @@ class _BranchDenoiser:
         conds = [self.guider.conds[COND_KEYS[b]] for b in names]
         self.run.branch_of_flag = dict(enumerate(names))
         self.run.inputs = None if all(xs[b] is first for b in names) else {i: xs[b] for i, b in enumerate(names)}
+        self.run.function_wrapped = "model_function_wrapper" in self.model_options
         timestep = torch.full((first.shape[0],), sigma, dtype=first.dtype, device=first.device)
         try:
             out = comfy.samplers.calc_cond_batch(self.guider.inner_model, conds, first, timestep, self.model_options)

@@ -296,6 +296,44 @@ def test_stock_ksampler_is_unchanged_and_no_patch_is_left(comfy, tiny_sd15_objec
     assert all(p.grad is None for p in model.model.parameters())  # no weight gradient was ever computed
 
 
+def test_other_packs_model_wrappers_keep_running(comfy, tiny_sd15_objects, pack_nodes):
+    """Another pack's model_function_wrapper and APPLY_MODEL wrapper on the MODEL are still called in every model
+    call of the guided run (the pack's own wrapper sits under its own key beside them), the edit is the one without
+    them, bit for bit (both pass through: the same arithmetic, tests/tolerances.py rule 1; the gradient pass then
+    runs the whole UNet instead of stopping after the last cross-attention layer, but what follows that layer is not
+    in the loss's graph), and the MODEL keeps its wrappers as they were."""
+    from comfy import patcher_extension
+
+    model, clip, _ = tiny_sd15_objects
+    caption = comfy.call_node("CLIPTextEncode", clip=clip, text="a cat")[0]
+    edited = comfy.call_node("CLIPTextEncode", clip=clip, text="a dog")[0]
+    inverted = _invert(comfy, model, caption, _latent(seed=13), steps=3)
+    seen = {"function": 0, "apply": 0}
+
+    def function_wrapper(apply_model, args):
+        seen["function"] += 1
+        return apply_model(args["input"], args["timestep"], **args["c"])
+
+    def apply_wrapper(executor, *args, **kwargs):
+        seen["apply"] += 1
+        return executor(*args, **kwargs)
+
+    wrapped = model.clone()
+    wrapped.set_model_unet_function_wrapper(function_wrapper)
+    wrapped.add_wrapper_with_key(patcher_extension.WrappersMP.APPLY_MODEL, "another_pack", apply_wrapper)
+    before = repr(wrapped.wrappers)
+
+    def run(m, samples):
+        return _edit(comfy, m, caption, dict(inverted, samples=samples), 3, edited_positive=edited)[0]["samples"]
+
+    plain = run(model, inverted["samples"])
+    with_others = run(wrapped, inverted["samples"])
+    # at least one model call per pass: the reference, the gradient pass and the CFG pass of each of the 3 steps
+    assert seen["function"] == seen["apply"] >= 3 * 3
+    assert repr(wrapped.wrappers) == before
+    assert torch.equal(with_others, plain)
+
+
 def test_progress_and_latent_previews_every_step(comfy, tiny_sd15_objects, pack_nodes, monkeypatch):
     """ComfyUI's progress hook sees steps 1..N of N, each with a preview image (Latent2RGB previews on)."""
     import latent_preview
