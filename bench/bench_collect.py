@@ -39,7 +39,7 @@ PROMPT = "a photo of a cat"
 def _setup(base):
     """The tiny checkpoint under base/models/checkpoints/tiny.safetensors (built in a throwaway ComfyUI)."""
     code = ("import sys; sys.path.insert(0, %r)\n"
-            "from scripts import comfy_host, tiny_models\n"
+            "from scripts import comfy_host\nfrom fixtures import tiny_models\n"
             "comfy_host.boot(device='cpu')\n"
             "print(tiny_models.tiny_sd15_checkpoint(%r))\n") % (REPO, os.path.join(base, "cache"))
     path = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()[-1]

@@ -26,7 +26,8 @@ def main():
     if not os.environ.get("COMFYUI_PATH"):
         sys.exit("set COMFYUI_PATH to a ComfyUI checkout (the benchmark runs the pack's ComfyUI encoder)")
 
-    from scripts import comfy_host, tiny_models
+    from fixtures import tiny_models
+    from scripts import comfy_host
 
     comfy_host.boot(device=args.device)
     pack = comfy_host.pack_module()

@@ -48,7 +48,7 @@ SD15_UNET_CONFIG = {
 
 
 def unet_config(name):
-    from scripts import tiny_models
+    from fixtures import tiny_models
 
     return {"tiny": tiny_models.TINY_UNET_CONFIG, "mini": tiny_models.CKPT_UNET_CONFIG, "sd15": SD15_UNET_CONFIG}[name]
 
@@ -194,7 +194,7 @@ def run_ours(args, weights_path, cfg, instrument=None):
 
 def run_diffusers(args, weights_path, cfg):
     import torch
-    from scripts.diffusers_tiny import tiny_pix2pix_zero_pipeline
+    from fixtures.diffusers_tiny import tiny_pix2pix_zero_pipeline
     from safetensors.torch import load_file
 
     dtype = torch.float16 if args.dtype == "fp16" else torch.float32
@@ -239,7 +239,7 @@ def seeded_unets(cfg, seed):
     import comfy.supported_models
     import comfy.utils
 
-    from scripts import tiny_models
+    from fixtures import tiny_models
 
     config = comfy.supported_models.SD15(dict(cfg))
     config.set_inference_dtype(torch.float32, None)

@@ -3,7 +3,7 @@
     COMFYUI_PATH=/path/to/ComfyUI python bench/bench_roundtrip.py [--iterations 0 1 2 3] [--json out.json]
 
 For each model (ComfyUI's real layouts, in-process, CPU):
-- "sd15": the tests' tiny SD 1.5 with a denoiser-like smooth response to its input (scripts.tiny_models.smooth_sd15),
+- "sd15": the tests' tiny SD 1.5 with a denoiser-like smooth response to its input (fixtures.tiny_models.smooth_sd15),
   regenerated with stock SamplerCustom (ddim, cfg 1, add_noise off) along the node's regeneration_sigmas;
 - "sd3", "flux": the tests' tiny SD 3.x / Flux MMDiTs with raw random weights (far more input-sensitive than a
   trained model, so the hard case), regenerated with SamplerCustom (euler, cfg 1, add_noise off),
@@ -38,7 +38,7 @@ def _smooth_latent(channels, size=8, seed=0):
 
 
 def _model(family):
-    from scripts import tiny_models
+    from fixtures import tiny_models
     if family == "sd15":
         model, _clip, _vae = tiny_models.smooth_sd15()
         cond = tiny_models.tiny_conditioning(32, None, seed=1)

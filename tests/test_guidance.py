@@ -16,7 +16,7 @@ from tolerances import SAME_MATH_RTOL, same_math_atol
 from core import sigmas_from_alphas_cumprod
 from core.attention import AttentionMaps, explicit_attention
 from core.guidance import CAPTION, EDITED, NEGATIVE, GuidedEditor, generation_sigmas, guided_edit, restate
-from scripts.diffusers_tiny import SD_BETAS, alphas_cumprod, tiny_pix2pix_zero_pipeline, tiny_unet
+from fixtures.diffusers_tiny import SD_BETAS, alphas_cumprod, tiny_pix2pix_zero_pipeline, tiny_unet
 
 WIDTH = 32  # tiny_unet's cross_attention_dim
 

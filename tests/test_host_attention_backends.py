@@ -12,7 +12,7 @@ import sys
 import pytest
 import torch
 
-from scripts import tiny_models
+from fixtures import tiny_models
 from tolerances import NUDGE, PER_EVALUATION, unit_roundoff
 
 pytestmark = pytest.mark.host

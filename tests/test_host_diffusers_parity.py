@@ -3,14 +3,14 @@ SD 1.5-layout UNet is copied into a diffusers UNet2DConditionModel with ComfyUI'
 (comfy.utils.unet_to_diffusers), then both invert the same latent with the same caption embedding."""
 import pytest
 import torch
-from scripts import tiny_models
+from fixtures import tiny_models
 from tolerances import rounding_atol
 
 pytestmark = pytest.mark.host
 
 
 def _diffusers_twin(comfy_model):
-    """A diffusers UNet with the ComfyUI tiny UNet's weights (layout of scripts/tiny_models.TINY_UNET_CONFIG)."""
+    """A diffusers UNet with the ComfyUI tiny UNet's weights (layout of fixtures/tiny_models.TINY_UNET_CONFIG)."""
     import comfy.utils
     from diffusers import UNet2DConditionModel
 
@@ -36,7 +36,7 @@ def test_inversion_matches_diffusers_on_shared_weights(comfy, tiny_sd15_objects,
     network amplifies that. Tolerance (tests/tolerances.py, rule 4): PER_EVALUATION x 2 x steps (one UNet call per step)
     times the change of diffusers' own result when its input latent is nudged by NUDGE of its size (its amplification,
     measured in this run), plus 8 float32 ulps. Only 1-2 steps: more steps amplify float32 rounding beyond what separates right from wrong here."""
-    from scripts.diffusers_tiny import tiny_pix2pix_zero_pipeline
+    from fixtures.diffusers_tiny import tiny_pix2pix_zero_pipeline
 
     model, clip, vae = tiny_sd15_objects
     cond = comfy.call_node("CLIPTextEncode", clip=clip, text="a photo of a cat")[0]

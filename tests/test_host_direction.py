@@ -7,7 +7,7 @@ import types
 
 import pytest
 import torch
-from scripts import tiny_models
+from fixtures import tiny_models
 from tolerances import network_rounding_atol, unit_roundoff
 
 pytestmark = pytest.mark.host
@@ -88,7 +88,7 @@ def _tiny_clip(kind):
         options = {"clip_l_model_config": dict(TINY, hidden_size=32, projection_dim=32),
                    "clip_g_model_config": dict(TINY, hidden_size=48, projection_dim=48)}
     clip = comfy.sd.CLIP(target, model_options=dict(options, dtype=torch.float32))
-    from scripts.tiny_models import init_module_weights
+    from fixtures.tiny_models import init_module_weights
     init_module_weights(clip.cond_stage_model, 11)
     return clip
 

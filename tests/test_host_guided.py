@@ -7,7 +7,7 @@ import torch
 from map_losses import recording, total
 from tolerances import rounding_atol
 
-from scripts import tiny_models
+from fixtures import tiny_models
 
 pytestmark = pytest.mark.host
 
@@ -224,7 +224,7 @@ def test_parity_with_diffusers_pipeline_on_shared_weights(comfy, tiny_sd15_objec
     tests check every step, and a whole run, against the pipeline with diffusers' own UNet)."""
     from test_host_diffusers_parity import _diffusers_twin
 
-    from scripts.diffusers_tiny import tiny_pix2pix_zero_pipeline
+    from fixtures.diffusers_tiny import tiny_pix2pix_zero_pipeline
 
     model, clip, _ = tiny_sd15_objects
     caption = comfy.call_node("CLIPTextEncode", clip=clip, text="a photo of a cat")[0]

@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from scripts import tiny_models
+from fixtures import tiny_models
 
 pytestmark = pytest.mark.host
 

@@ -6,7 +6,7 @@ torch is imported inside the tests: collecting this file without COMFYUI_PATH mu
 import os
 
 import pytest
-from scripts import tiny_models
+from fixtures import tiny_models
 
 pytestmark = pytest.mark.host
 

@@ -5,7 +5,7 @@ import os
 import pytest
 import torch
 from official_data import copy_photo
-from scripts import tiny_models
+from fixtures import tiny_models
 from tolerances import rounding_atol
 
 pytestmark = pytest.mark.host

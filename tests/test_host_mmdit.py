@@ -1,11 +1,11 @@
 """pix2pix-zero on MMDiT flow-matching models (SD 3.x, Flux) inside a real ComfyUI: the flow inversion through
 P2PZ_InvertLatent and edit directions in their text spaces, on tiny models in ComfyUI's real SD3 and Flux layouts
-(scripts/tiny_models.py), checked against stock nodes (SamplerCustom, KSampler, CLIPTextEncode)."""
+(fixtures/tiny_models.py), checked against stock nodes (SamplerCustom, KSampler, CLIPTextEncode)."""
 import pytest
 import torch
 from flow_checks import check_model_untouched
 from flow_checks import smooth_latent as _latent
-from scripts import tiny_models
+from fixtures import tiny_models
 from tolerances import network_rounding_atol, rounding_atol, unit_roundoff
 
 pytestmark = pytest.mark.host

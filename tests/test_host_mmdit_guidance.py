@@ -1,5 +1,5 @@
 """Attention guidance through joint attention (issue 13): P2PZ_GuidedEdit on tiny SD 3.x and Flux MODELs in
-ComfyUI's real layouts (scripts/tiny_models.py), checked against stock nodes (SamplerCustom, KSampler) and against
+ComfyUI's real layouts (fixtures/tiny_models.py), checked against stock nodes (SamplerCustom, KSampler) and against
 ComfyUI's own attention function (seen through an optimized_attention_override installed before ours)."""
 import copy
 import sys
@@ -11,7 +11,7 @@ from flow_checks import smooth_latent as _latent
 from map_losses import recording
 from tolerances import gamma, rounding_atol
 
-from scripts import tiny_models
+from fixtures import tiny_models
 
 pytestmark = pytest.mark.host
 

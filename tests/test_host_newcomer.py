@@ -31,7 +31,7 @@ def _sd15_with_two_channels_per_group(seed=0):
     import comfy.supported_models as sm
     from comfy.model_patcher import ModelPatcher
 
-    from scripts import tiny_models
+    from fixtures import tiny_models
 
     config = sm.SD15(dict(tiny_models.TINY_UNET_CONFIG, model_channels=64))
     config.set_inference_dtype(torch.float32, None)

@@ -4,7 +4,7 @@ generates from the same seed, on the SD 1.x and SDXL layouts (whose latent forma
 import pytest
 import torch
 
-from scripts.tiny_models import tiny_conditioning as _conditioning, tiny_unet_model as _tiny_model
+from fixtures.tiny_models import tiny_conditioning as _conditioning, tiny_unet_model as _tiny_model
 from tolerances import rounding_atol
 
 pytestmark = pytest.mark.host

@@ -13,7 +13,7 @@ from tolerances import network_rounding_atol
 
 from core.student import StudentConfig, apply_student, build_student, save_student
 from core.student_data import list_pairs, read_image
-from scripts import tiny_models
+from fixtures import tiny_models
 
 pytestmark = pytest.mark.host
 

@@ -1,5 +1,5 @@
 """SD 2.x v-prediction inside a real ComfyUI vs diffusers on the SAME weights: ComfyUI's tiny SD 2.x v UNet
-(scripts/tiny_models.tiny_unet_model(comfy, "sd2v")) copied into a diffusers UNet2DConditionModel with ComfyUI's own
+(fixtures/tiny_models.tiny_unet_model(comfy, "sd2v")) copied into a diffusers UNet2DConditionModel with ComfyUI's own
 key map (comfy.utils.unet_to_diffusers), diffusers' DDIM schedulers configured prediction_type="v_prediction".
 Inversion (P2PZ_InvertLatent) against StableDiffusionPix2PixZeroPipeline.invert(), with both conversion levels of
 the model's v (core.sigma_space.predict_noise), and the guided edit (P2PZ_GuidedEdit) against the pipeline's
@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from scripts import tiny_models
+from fixtures import tiny_models
 
 pytestmark = pytest.mark.host
 
@@ -49,7 +49,7 @@ def _diffusers_twin(comfy_model):
 def _v_pipeline(comfy_model, dtype=torch.float32):
     from diffusers import DDIMInverseScheduler, DDIMScheduler
 
-    from scripts.diffusers_tiny import tiny_pix2pix_zero_pipeline
+    from fixtures.diffusers_tiny import tiny_pix2pix_zero_pipeline
 
     pipe = tiny_pix2pix_zero_pipeline(_diffusers_twin(comfy_model))
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, prediction_type=V)

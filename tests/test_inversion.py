@@ -4,7 +4,7 @@ import torch
 
 from core import auto_corr_loss, draw_shifts, invert_latent, inversion_schedule, kl_divergence, pyramid_sizes
 from core import predict_noise, regularize_noise
-from scripts.diffusers_tiny import tiny_pix2pix_zero_pipeline, tiny_unet, unet_denoiser
+from fixtures.diffusers_tiny import tiny_pix2pix_zero_pipeline, tiny_unet, unet_denoiser
 from tolerances import same_math_atol
 
 _RANDINT = torch.randint  # the real one: Recorder patches torch.randint while diffusers runs

@@ -96,3 +96,19 @@ def test_command_line_and_workflows_save_to_one_folder():
             if node["type"] == "SaveImage":
                 folders.add(node["widgets_values"][0].split("/")[0])
     assert folders == {edit_image.OUTPUT_SUBFOLDER} == {"pix2pix-zero"}
+
+
+def test_what_ships_never_imports_fixtures_world_benchmarks_or_tests():
+    """The node pack (root __init__.py, core/, nodes/), the commands and their runtime (scripts/) import none of the
+    tiny-model fixtures, the learned world, the benchmarks or the tests: they are not installed for users."""
+    apart = {"fixtures", "world", "bench", "tests"}
+    shipped = [ROOT / "__init__.py", *(ROOT / "core").glob("*.py"), *(ROOT / "nodes").glob("*.py"),
+               *(ROOT / "scripts").glob("*.py"), *(ROOT / name for name in ("edit_image.py", "collect_pairs.py",
+                                                                           "train_student.py"))]
+    found = []
+    for path in shipped:
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else [])
+            found += [f"{path.relative_to(ROOT)}: {n}" for n in names if n.split(".")[0] in apart]
+    assert len(shipped) > 30 and found == [], found

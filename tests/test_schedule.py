@@ -4,7 +4,7 @@ import torch
 from diffusers import DDIMInverseScheduler, DDIMScheduler
 
 from core import inversion_schedule, sigmas_from_alphas_cumprod
-from scripts.diffusers_tiny import SD_BETAS
+from fixtures.diffusers_tiny import SD_BETAS
 
 SD_CONFIG = dict(SD_BETAS, clip_sample=False, set_alpha_to_one=False, steps_offset=1, timestep_spacing="leading")
 

@@ -13,7 +13,7 @@ from core.sigma_space import (
     start_noise,
     to_ddim,
 )
-from scripts.diffusers_tiny import SD_BETAS
+from fixtures.diffusers_tiny import SD_BETAS
 
 SD_CONFIG = dict(SD_BETAS, clip_sample=False, set_alpha_to_one=False, steps_offset=1)
 

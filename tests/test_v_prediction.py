@@ -8,7 +8,7 @@ import torch
 
 from core import invert_latent, inversion_schedule
 from core.sigma_space import predict_noise
-from scripts.diffusers_tiny import tiny_pix2pix_zero_pipeline, tiny_unet, unet_denoiser
+from fixtures.diffusers_tiny import tiny_pix2pix_zero_pipeline, tiny_unet, unet_denoiser
 
 V = "v_prediction"
 
@@ -165,7 +165,7 @@ def test_round_trip_eval_reconstructs_at_least_as_well_as_source():
         assert err["eval"] < (err["source"] if steps == 10 else 1.05 * err["source"]), err
 
     from core import sigmas_from_alphas_cumprod
-    from scripts.diffusers_tiny import alphas_cumprod
+    from fixtures.diffusers_tiny import alphas_cumprod
 
     g = torch.Generator().manual_seed(0)
     mu = torch.randn(1, 4, 8, 8, generator=g, dtype=torch.float64)

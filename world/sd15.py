@@ -36,7 +36,7 @@ UNET_CONFIGS = {
     # one level at the 8 x 8 latent (no down-sampling, no middle block), one res block, cross-attention in the input
     # block and the first output block: 16.2 M parameters, about 1.4 GFLOP per forward pass. Measured on the 2-core
     # CPU with other jobs running: 8 s per batch-24 training step, against 26 s for the two-level [1, 1] UNet with
-    # a middle block (36.7 M) that scripts/tiny_models.py builds for the benchmarks.
+    # a middle block (36.7 M) that fixtures/tiny_models.py builds for the benchmarks.
     "full": dict(_BASE_UNET, num_res_blocks=[1], channel_mult=[1], transformer_depth=[1],
                  transformer_depth_middle=-2, transformer_depth_output=[0, 1]),
     "two_level": dict(_BASE_UNET, num_res_blocks=[1, 1], channel_mult=[1, 1], transformer_depth=[1, 0],
@@ -67,7 +67,7 @@ def text_encoder_state_dict(seed):
     rounded to fp16 and back to float32."""
     import torch
     import comfy.sd1_clip
-    from scripts.tiny_models import init_module_weights
+    from fixtures.tiny_models import init_module_weights
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         te = comfy.sd1_clip.SD1ClipModel(device="cpu", dtype=torch.float32)
@@ -134,7 +134,7 @@ def build_model(unet_config, seed):
     UNet zero-initialises (each res block's last conv, each transformer's proj_out, the output conv) start at 0."""
     import torch
     import comfy.supported_models
-    from scripts.tiny_models import init_module_weights
+    from fixtures.tiny_models import init_module_weights
     cfg = comfy.supported_models.SD15(dict(unet_config))
     cfg.set_inference_dtype(torch.float32, None)
     model = cfg.get_model({})

@@ -143,12 +143,12 @@ def caption_table(out_dir, cfg, te_seed, clip=None):
 # MMDiT
 
 def build_model(config, seed):
-    """comfy.supported_models.SD3(config) -> BaseModel (float32), weights seeded (scripts.tiny_models'
+    """comfy.supported_models.SD3(config) -> BaseModel (float32), weights seeded (fixtures.tiny_models'
     initialisation), the fixed sin-cos position table filled, and the adaLN modulations and the final layer zero as
     in DiT / SD 3 (each block starts as the identity, the model's first output is zero)."""
     import torch
     import comfy.supported_models
-    from scripts.tiny_models import _fill_mmdit_extras, init_module_weights
+    from fixtures.tiny_models import _fill_mmdit_extras, init_module_weights
     cfg = comfy.supported_models.SD3(dict(config))
     cfg.set_inference_dtype(torch.float32, None)
     model = cfg.get_model({})
