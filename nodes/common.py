@@ -1,8 +1,11 @@
 """Shared pieces of the pack's ComfyUI nodes."""
+import contextlib
 import logging
 import os
 
 import torch
+
+from ..core.inference_weights import normal_tensor_weights
 
 CATEGORY = "pix2pix-zero"
 
@@ -240,3 +243,59 @@ def check_no_cfg_patches(model, uses_cfg):
             f"this MODEL carries a CFG patch ({', '.join(found)}: from a node such as RescaleCFG, "
             "SkipLayerGuidanceSD3, PerpNeg or CFGZeroStar). Guided Edit combines CFG itself, as pix2pix-zero does, and cannot apply it: "
             "connect Guided Edit's model from before that node, or set cfg to 1")
+
+
+def _quantized_weight(module) -> bool:
+    """Whether a ComfyUI cast layer holds its weight quantized: a float8 tensor (scaled fp8 checkpoints) or a tensor
+    subclass (ComfyUI 0.8's mixed-precision QuantizedTensor: fp8, nvfp4)."""
+    weight = getattr(module, "weight", None)
+    if not isinstance(weight, torch.Tensor) or not hasattr(module, "comfy_cast_weights"):
+        return False
+    return type(weight) not in (torch.Tensor, torch.nn.Parameter) or (weight.is_floating_point()
+                                                                       and weight.element_size() == 1)
+
+
+@contextlib.contextmanager
+def gradient_pass_weights(module):
+    """Around the guided edit's gradient pass (forward and backward): the weights as autograd can use them.
+
+    - Inference-tensor weights become normal-tensor aliases of themselves (core.inference_weights: no copy).
+    - Layers with quantized weights compute with their weights dequantized, as ComfyUI does when it casts weights
+      (`comfy_cast_weights`, its low-VRAM switch, on those layers only): their fp8 / nvfp4 matrix products (where the
+      GPU has them, e.g. ComfyUI 0.8's mixed-precision layers or `--fast fp8_matrix_mult`) quantize the input and
+      have no backward, so the latent would get no gradient. The dequantized weight lives for one layer's call.
+    Both are undone when the block ends; the no-grad passes run as the host set them up."""
+    switched = [m for m in module.modules() if _quantized_weight(m) and not m.comfy_cast_weights]
+    try:
+        for m in switched:
+            m.comfy_cast_weights = True
+        with normal_tensor_weights(module):
+            yield
+    finally:
+        for m in switched:
+            m.comfy_cast_weights = False
+
+
+# What torch says when a gradient meets ComfyUI's fp8 matrix products before 0.8 (fp8_linear): torch._scaled_mm has
+# no backward (0.3.64), and fp8_linear clamps its input in place, with out= (0.3.75)
+FP8_MATMUL_ERRORS = ("derivative for aten::_scaled_mm is not implemented",
+                     "functions with out=... arguments don't support automatic differentiation")
+
+
+@contextlib.contextmanager
+def explained_gradient_errors():
+    """Around each gradient pass, forward and backward: an error of the host's math that the user can act on gets a
+    message saying what to change. ComfyUI before 0.8 multiplies by fp8 weights with fp8 matrix products on fp8 GPUs
+    (UNETLoader's weight_dtype fp8_e4m3fn_fast, `--fast fp8_matrix_mult`, scaled fp8 checkpoints that ask for
+    them), and those have no backward there."""
+    try:
+        yield
+    except RuntimeError as error:
+        if not any(text in str(error) for text in FP8_MATMUL_ERRORS):
+            raise
+        raise RuntimeError(
+            "Guided Edit needs a gradient through the model, and this model multiplies by its fp8 weights with fp8 "
+            "matrix products (on an fp8 GPU: UNETLoader's weight_dtype fp8_e4m3fn_fast, --fast fp8_matrix_mult, or a "
+            "scaled fp8 checkpoint that asks for them), which have no backward in this ComfyUI version. Update to "
+            "ComfyUI 0.8 or later (the edit then runs fp8 layers dequantized in its gradient pass), or load the "
+            "model in fp16 / bf16, or with UNETLoader's weight_dtype default or fp8_e4m3fn") from error

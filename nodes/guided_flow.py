@@ -9,7 +9,8 @@ The loop is core.guidance's (FLOW_RULES, the paper's carry rule); this module co
   blocks with the block key and the text/image token counts (the override alone cannot tell which block it is in,
   nor where the text tokens are), checkpoint the block in the gradient pass where ComfyUI does not already, and stop
   the gradient pass after the last guided block (the maps are all that pass is for);
-- the gradient pass aliases the inference-tensor weights (core.inference_weights).
+- the gradient pass aliases the inference-tensor weights and runs quantized layers dequantized
+  (common.gradient_pass_weights).
 
 Blocks: SD 3.x: every joint block (context tokens, then image tokens). Flux: the double-stream blocks (txt, then
 img) only. Not because their text tokens are purer: in every joint block, double or single, the text stream has
@@ -31,13 +32,12 @@ import torch.utils.checkpoint
 
 from ..core.attention import AttentionMaps
 from ..core.guidance import FLOW_RULES, guided_edit
-from ..core.inference_weights import normal_tensor_weights
 from ..core.inversion import INVERSION_NAN_CAUSES, check_latent
 from ..core.joint_attention import apply_rope, explicit_joint_attention, token_slices
 from ..core.schedule import FlowSchedule
 from .attention_backends import OVERRIDE_KEY
 from .common import (INVERSION_KEY, check_conditioning_batch, check_no_cfg_patches, check_plain_conditioning,
-                     flow_model_sampling, log_map_loss)
+                     explained_gradient_errors, flow_model_sampling, gradient_pass_weights, log_map_loss)
 from .guided_shell import (COND_KEYS, GuidedEditGuider, check_steps, guidance_options, guided_steps, run_guided_sampler,
                            same_conditioning)
 
@@ -315,9 +315,10 @@ class _FlowDenoiser:
 @contextlib.contextmanager
 def _gradient_context(run):
     """Around each gradient pass, forward and backward (checkpointed blocks recompute inside the backward): the
-    weights, loaded as inference tensors, become normal-tensor aliases (no copy) that autograd can save. (Flux's RoPE
-    needs nothing here: the gradient pass's double block applies it itself, flux_double_block_out_of_place.)"""
-    with normal_tensor_weights(run.module):
+    weights as autograd can use them (common.gradient_pass_weights: normal-tensor aliases, quantized layers
+    dequantized), and the host's fp8 errors explained. (Flux's RoPE needs nothing here: the gradient pass's double
+    block applies it itself, flux_double_block_out_of_place.)"""
+    with explained_gradient_errors(), gradient_pass_weights(run.module):
         yield
 
 

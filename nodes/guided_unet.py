@@ -25,14 +25,13 @@ import torch
 
 from ..core.attention import AttentionMaps, explicit_attention
 from ..core.guidance import GUIDANCE_MODES, generation_sigmas, guided_edit
-from ..core.inference_weights import normal_tensor_weights
 from ..core.inversion import INVERSION_NAN_CAUSES, check_latent
 from ..core.schedule import restore_schedule
 from ..core.sigma_space import restate
 from .attention_backends import (AUTOGRAD_BACKENDS, OVERRIDE_KEY, attn2_layers, backend_name, gradient_attention,
                                  no_grad_attention, self_attention)
 from .common import (INVERSION_KEY, check_conditioning_batch, check_no_cfg_patches, check_plain_conditioning,
-                     discrete_model_sampling, log_map_loss)
+                     discrete_model_sampling, explained_gradient_errors, gradient_pass_weights, log_map_loss)
 from .guided_shell import (CFG_RANGE, COND_KEYS, LAMBDA_RANGE, GuidedEditGuider, check_range, check_steps,
                            guidance_options, guided_steps, run_guided_sampler, same_conditioning)
 
@@ -121,7 +120,7 @@ class _BranchInputs:
             if torch.is_grad_enabled() and self.run.module is not None:
                 # The gradient pass: autograd must save weights, which ComfyUI loaded as inference tensors. Aliases
                 # of them (no copy) stand in for this call only; the no-grad passes use the weights as they are.
-                with normal_tensor_weights(self.run.module):
+                with gradient_pass_weights(self.run.module):
                     return executor(*args, **kwargs)
             return executor(*args, **kwargs)
         except _MapsComplete:
@@ -207,7 +206,8 @@ def _guided_sampler(run, settings, start_level, results, guider):
 
         comfy.model_management.throw_exception_if_processing_interrupted()
         x = restate(x, start_level, levels[0])  # the inverted DDIM sample x_t, written at the first level
-        result = guided_edit(denoise, run.maps, x, sigmas, callback=on_step, **settings)
+        result = guided_edit(denoise, run.maps, x, sigmas, callback=on_step, grad_context=explained_gradient_errors,
+                             **settings)
         results["reconstruction"] = guider.inner_model.process_latent_out(result.reconstruction.to(torch.float32))
         return result.edited
 

@@ -334,6 +334,59 @@ def test_other_packs_model_wrappers_keep_running(comfy, tiny_sd15_objects, pack_
     assert torch.equal(with_others, plain)
 
 
+def _scaled_fp8_unet(seed=0):
+    """A scaled-fp8 SD 1.x diffusion model as the fp8 checkpoints people run store it: every attention and
+    feed-forward Linear weight in float8_e4m3fn with its per-layer scale, and the "scaled_fp8" marker. Loaded by
+    ComfyUI's own diffusion-model loader (UNETLoader's), under inference mode."""
+    from comfy import sd as comfy_sd
+    from comfy import supported_models
+
+    config = supported_models.SD15(dict(tiny_models.CKPT_UNET_CONFIG))
+    config.set_inference_dtype(torch.float32, None)
+    net = config.get_model({}).diffusion_model
+    tiny_models.init_module_weights(net, seed)
+    sd = {"scaled_fp8": torch.empty(0, dtype=torch.float8_e4m3fn)}
+    for key, value in net.state_dict().items():
+        if key.endswith(".weight") and value.ndim == 2 and ("attn" in key or "ff." in key):
+            scale = value.abs().max().float() / 448.0  # float8_e4m3fn's largest value
+            sd[key] = (value / scale).to(torch.float8_e4m3fn)
+            sd[key[:-len("weight")] + "scale_weight"] = scale.reshape(())
+        else:
+            sd[key] = value.detach().clone()
+    with torch.inference_mode():
+        return comfy_sd.load_diffusion_model_state_dict(sd)
+
+
+def test_fp8_weights_on_an_fp8_gpu(comfy, pack_nodes, runs, monkeypatch):
+    """fp8 weights where the GPU multiplies in fp8 (simulated here: ComfyUI is told the device has fp8 compute, and
+    its CPU fallbacks run the fp8 products). ComfyUI 0.8's mixed-precision layers (which it also makes of scaled fp8
+    files): the gradient pass runs them dequantized, so guidance moves the edit and lowers the map loss, and the
+    layers are left as the host set them. Older hosts (fp8 products with no backward): a clear error saying what to
+    change."""
+    from comfy import model_management
+
+    monkeypatch.setattr(model_management, "supports_fp8_compute", lambda *a, **k: True)
+    results, _ = runs
+    model = _scaled_fp8_unet()
+    layers = [m for m in model.model.diffusion_model.modules() if hasattr(m, "comfy_cast_weights")
+              and isinstance(getattr(m, "weight", None), torch.Tensor) and m.weight.ndim == 2]
+    mixed_precision = any(type(m.weight) not in (torch.Tensor, torch.nn.Parameter) for m in layers)
+    flags = [m.comfy_cast_weights for m in layers]
+    caption = _conditioning(768, None, seed=1)
+    edited = _shifted(caption, seed=2)
+    inverted = _invert(comfy, model, caption, _latent(seed=3), steps=3, reg_steps=0)
+    if not mixed_precision:
+        with pytest.raises(RuntimeError, match="fp8 matrix products.*Update to ComfyUI 0.8"):
+            _edit(comfy, model, caption, inverted, 3, edited_positive=edited)
+        return
+    off, on = (_edit(comfy, model, caption, inverted, 3, lambda_xa=lam, edited_positive=edited)[0]["samples"]
+               for lam in (0.0, 0.1))
+    assert not torch.equal(on, off) and torch.isfinite(on).all()
+    unguided, guided = (total(losses) for losses in results)
+    assert 0 < guided < unguided, (unguided, guided)
+    assert [m.comfy_cast_weights for m in layers] == flags
+
+
 def test_progress_and_latent_previews_every_step(comfy, tiny_sd15_objects, pack_nodes, monkeypatch):
     """ComfyUI's progress hook sees steps 1..N of N, each with a preview image (Latent2RGB previews on)."""
     import latent_preview
