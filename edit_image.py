@@ -362,7 +362,8 @@ def run(args, comfyui, workflow):
         import comfy.model_management
         import comfy.utils
 
-        from core.cost import size_warning
+        # the pack's own core as ComfyUI loaded it: one copy of it in this process once ComfyUI runs
+        size_warning = comfy_host.pack_import("core.cost").size_warning
 
         device = comfy.model_management.get_torch_device()
         warning = size_warning(args.size, args.size, on_cpu=device.type == "cpu",

@@ -313,6 +313,17 @@ def pack_module():
     return _state["pack_module"]
 
 
+def pack_import(name):
+    """A module of this pack as ComfyUI imported it, e.g. pack_import("core.direction") (after load_pack()).
+
+    A process that runs the pack's nodes holds the pack under ComfyUI's name; importing ``core`` as a top-level
+    package there would load a second copy of it (other classes, other module state). Code that works beside the
+    loaded pack (host tests, in-process commands) takes its modules from here."""
+    import importlib
+
+    return importlib.import_module(f"{pack_module().__name__}.{name}")
+
+
 def call_node(node, **inputs):
     """Run a classic node's FUNCTION once with keyword inputs, under torch.inference_mode() as the executor does.
 

@@ -10,10 +10,13 @@ of per-step loss dicts ({branch: loss}) to `runs`.
   on the reconstruction's latent, as the loop reports it.
 """
 import inspect
+import sys
 
 import torch
 
-from core.guidance import CAPTION, EDITED, NEGATIVE, guided_targets
+# The branch names are plain strings, the same in every copy of core.guidance (host tests wrap the pack's copy, as
+# ComfyUI loaded it; core tests the top-level one): spelled here so that this module imports neither.
+NEGATIVE, CAPTION, EDITED = "negative", "positive", "edited"
 
 
 class LossProbe:
@@ -62,6 +65,7 @@ class LossProbe:
 def recording(edit, runs):
     """`edit` (core.guidance.guided_edit) appending each run's per-step losses to `runs`."""
     signature = inspect.signature(edit)
+    guided_targets = sys.modules[edit.__module__].guided_targets  # the rule of the loop it wraps, from its own module
 
     def recorded(*args, **kwargs):
         bound = signature.bind(*args, **kwargs)

@@ -7,7 +7,6 @@ the gradient pass through ComfyUI's PyTorch attention on its clone. Here every b
 and two simulated no-backward backends (an optimized_attention, and an override, whose output is computed under
 no_grad), must give the gradient and the edit of the SDPA run.
 """
-import sys
 
 import pytest
 import torch
@@ -19,9 +18,6 @@ pytestmark = pytest.mark.host
 
 STEPS = 3
 
-
-def _module(comfy, name):
-    return sys.modules[f"{comfy.pack_module().__name__}.{name}"]
 
 
 def _no_backward(q, k, v, heads, **kwargs):
@@ -58,7 +54,7 @@ def _guided_run(comfy, monkeypatch, setup, backend=None, model=None):
     import comfy.ldm.modules.attention as attention
 
     base, caption, edited, inverted = setup
-    guided = _module(comfy, "nodes.guided_unet")
+    guided = comfy.pack_import("nodes.guided_unet")
     steps, losses = [], []
     inner = guided.guided_edit
 
@@ -168,7 +164,7 @@ def test_a_no_backward_patch_of_another_pack_is_respected_and_loses_terms(comfy,
     """Control: another pack's attn1 replace is never overridden, so a no-backward one DOES change the gradient.
     This is what the node prevents for backends and overrides, and it shows the tolerance above can fail."""
     clone = setup[0].clone()
-    guided = _module(comfy, "nodes.guided_unet")
+    guided = comfy.pack_import("nodes.guided_unet")
 
     def other_pack(q, k, v, extra_options):
         return _no_backward(q, k, v, extra_options["n_heads"])
@@ -206,7 +202,7 @@ def test_no_repatch_and_no_weight_copies(comfy, monkeypatch, setup):
 
     before = ksampler()  # loads and patches the model
     monkeypatch.setattr(model_patcher.ModelPatcher, "patch_weight_to_device", counting)
-    guided = _module(comfy, "nodes.guided_unet")
+    guided = comfy.pack_import("nodes.guided_unet")
     inner = guided.guided_edit
 
     def looking(*args):  # the model's modules as the guided run sees them, mid-run (after each gradient pass)
@@ -226,8 +222,8 @@ def test_no_repatch_and_no_weight_copies(comfy, monkeypatch, setup):
 def test_gradient_pass_stops_at_the_last_cross_attention_layer_with_the_same_gradient(comfy, monkeypatch, setup):
     """The gradient pass only uses its map loss: it ends once the last recorded cross-attention layer is observed.
     Running the whole UNet instead (maps_only off) gives bit-identical gradient steps and edit."""
-    guided = _module(comfy, "nodes.guided_unet")
-    attention_maps = _module(comfy, "core.attention").AttentionMaps
+    guided = comfy.pack_import("nodes.guided_unet")
+    attention_maps = comfy.pack_import("core.attention").AttentionMaps
     stops = []
     raise_ = guided._MapsComplete.__init__
 

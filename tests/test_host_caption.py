@@ -175,7 +175,7 @@ def test_caption_batch_through_the_real_executor(comfy, caption_mod, blip_models
     patcher, captioner = caption_mod.load_blip_patcher(folder)
     assert any(lm.model is patcher for lm in mm.current_loaded_models)  # loaded by model_management
     assert captioner.dtype == torch.float32  # CPU: fp32
-    from core.caption import caption_images
+    caption_images = comfy.pack_import("core.caption").caption_images
     images = comfy.node_output(result, "6")
     assert images.shape == (2, 32, 32, 3)
     with torch.inference_mode():

@@ -51,7 +51,7 @@ def test_direction_node_equals_diffusers_on_the_same_clip_weights(comfy, tiny_sd
         StableDiffusionPix2PixZeroPipeline as P,
     )
 
-    from core.sentences import generate_sentences
+    generate_sentences = comfy.pack_import("core.sentences").generate_sentences
 
     _, clip, _ = tiny_sd15_objects
     tokenizer, text_encoder = _transformers_copy(clip)
@@ -97,7 +97,7 @@ def _tiny_clip(kind):
 def test_sd2_and_sdxl_encoders(comfy, kind, width, pooled_width):
     """Width = the conditioning width of the encoder (SDXL: CLIP-L and OpenCLIP-G side by side), pooled = the
     pooled vector SDXL's conditioning needs; both equal the mean of CLIPTextEncode-style single encodings."""
-    from core.sentences import generate_sentences
+    generate_sentences = comfy.pack_import("core.sentences").generate_sentences
 
     clip = _tiny_clip(kind)
     d = _build(comfy, clip, count=70, seed=2)  # 70: two encoder batches (64 + 6)
@@ -164,7 +164,7 @@ def _graph_build_save(ckpt, name, **build):
 
 
 def test_build_save_load_apply_through_the_executor(comfy, tiny_checkpoint_name, directions_dir):
-    from core.direction import apply_direction
+    apply_direction = comfy.pack_import("core.direction").apply_direction
 
     first = comfy.run_prompt(_graph_build_save(tiny_checkpoint_name, "cat_to_dog"))
     built = comfy.node_output(first, "2")

@@ -1,6 +1,5 @@
 """P2PZ_GuidedEdit inside a real ComfyUI (in-process, CPU): SD 1.x, SD 2.x v-prediction and SDXL UNet layouts,
 parity with diffusers' pipeline on the same weights, the shared MODEL left untouched, interruption, errors."""
-import sys
 
 import pytest
 import torch
@@ -13,10 +12,6 @@ pytestmark = pytest.mark.host
 
 NODE = "P2PZ_GuidedEdit"
 
-
-def _module(comfy, name):
-    """One of the pack's modules as ComfyUI imported it (the tests' own `core` is another copy)."""
-    return sys.modules[f"{comfy.pack_module().__name__}.{name}"]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -59,8 +54,8 @@ def _edit(comfy, model, positive, inverted, steps, **kw):
 def runs(comfy, pack_nodes, monkeypatch):
     """Records every guided run's per-step map losses (map_losses.recording: measured also without guidance) and
     the attn2 layer keys whose maps reached the recorder."""
-    guided = _module(comfy, "nodes.guided_unet")
-    attention = _module(comfy, "core.attention")
+    guided = comfy.pack_import("nodes.guided_unet")
+    attention = comfy.pack_import("core.attention")
     results, layers = [], set()
 
     observe = attention.AttentionMaps.observe
@@ -105,7 +100,7 @@ def test_layouts_guidance_lowers_the_map_loss(comfy, pack_nodes, runs, layout):
     outputs = {}
     for value in (0.0, lam):
         outputs[value] = _edit(comfy, model, caption, inverted, 6, lambda_xa=value, edited_positive=edited)
-    guided = _module(comfy, "nodes.guided_unet")
+    guided = comfy.pack_import("nodes.guided_unet")
     assert len(layers) == ATTN2_LAYERS[layout] == len(guided.attn2_layers(model.model.diffusion_model))
     unguided, with_guidance = (total(losses) for losses in results)
     assert 0 < with_guidance < unguided, (unguided, with_guidance)
@@ -126,7 +121,7 @@ def test_options_guide_the_first_steps_and_every_nth_layer(comfy, pack_nodes, ru
     caption = _conditioning(width, pooled, seed=1)
     edited = _shifted(caption, seed=2)
     inverted = _invert(comfy, model, caption, _latent(seed=3, size=16), steps=4)
-    guided = _module(comfy, "nodes.guided_unet")
+    guided = comfy.pack_import("nodes.guided_unet")
     every_layer = list(guided.attn2_layers(model.model.diffusion_model))
     _edit(comfy, model, caption, inverted, 4, edited_positive=edited)
     assert [set(step) for step in results[-1]] == [{"negative", "edited"}] * 4 and layers == set(every_layer)
@@ -173,7 +168,7 @@ def test_zero_direction_without_guidance_gives_the_reconstruction(comfy, pack_no
 def test_direction_input_equals_the_edited_conditioning(comfy, pack_nodes):
     """The direction (with a multiplier, pooled vector included for SDXL) gives exactly what an already edited
     conditioning gives."""
-    direction_module = _module(comfy, "core.direction")
+    direction_module = comfy.pack_import("core.direction")
     model, width, pooled = _tiny_model(comfy, "sdxl")
     caption = _conditioning(width, pooled, seed=6)
     g = torch.Generator().manual_seed(7)
@@ -450,7 +445,7 @@ def test_authors_schedule_latent_is_edited_with_its_own_steps(comfy, tiny_sd15_o
 
 
 def test_bad_inputs_get_clear_errors(comfy, tiny_sd15_objects, pack_nodes):
-    direction_module = _module(comfy, "core.direction")
+    direction_module = comfy.pack_import("core.direction")
     model, clip, _ = tiny_sd15_objects
     caption = comfy.call_node("CLIPTextEncode", clip=clip, text="a cat")[0]
     edited = comfy.call_node("CLIPTextEncode", clip=clip, text="a dog")[0]

@@ -5,7 +5,6 @@ No loss scaling: bfloat16 has float32's exponent range, so the map loss (sums of
 and its gradient cannot underflow or overflow where float32 does not; only the 8-bit mantissa costs accuracy. The
 maps themselves are taken in float32 (core.attention takes the softmax in float32).
 """
-import sys
 
 import pytest
 import torch
@@ -16,9 +15,6 @@ pytestmark = pytest.mark.host
 
 STEPS = 3
 
-
-def _module(comfy, name):
-    return sys.modules[f"{comfy.pack_module().__name__}.{name}"]
 
 
 def _bf16_twin(model):
@@ -38,7 +34,7 @@ def _bf16_twin(model):
 
 
 def _run(comfy, model, caption, edited, inverted):
-    guided = _module(comfy, "nodes.guided_unet")
+    guided = comfy.pack_import("nodes.guided_unet")
     grads, losses = [], []
     inner = guided.guided_edit
 

@@ -110,7 +110,7 @@ def test_flow_record_and_authors_schedule_give_clear_errors(comfy, flow):
         comfy.call_node("P2PZ_InvertLatent", model=model, conditioning=cond, latent=_latent(), steps=4,
                         schedule="authors", lambda_ac=0.0, lambda_kl=0.0, reg_steps=0, ac_rolls=0, seed=0)
     inverted = _invert(comfy, model, cond, _latent(), 2)[0]
-    from core.schedule import InversionSchedule
+    InversionSchedule = comfy.pack_import("core.schedule").InversionSchedule
     with pytest.raises(ValueError, match="flow-matching model.*not with a DDIM model"):
         InversionSchedule.from_dict(inverted["p2pz_inversion"])
     with pytest.raises(ValueError, match=r"flow-matching model \(CONST.*Invert Latent.*Guided Edit work already; synthetic editing is not available"):
@@ -179,7 +179,8 @@ def test_direction_is_the_mean_difference_of_stock_encodings(comfy, clips, famil
 
 
 def test_saved_direction_keeps_its_kind_and_layout(comfy, clips, tmp_path):
-    from core.direction import load_direction, save_direction
+    direction = comfy.pack_import("core.direction")
+    load_direction, save_direction = direction.load_direction, direction.save_direction
     from safetensors import safe_open
 
     for family in ("sd3", "flux"):

@@ -2,7 +2,6 @@
 ComfyUI's real layouts (fixtures/tiny_models.py), checked against stock nodes (SamplerCustom, KSampler) and against
 ComfyUI's own attention function (seen through an optimized_attention_override installed before ours)."""
 import copy
-import sys
 
 import pytest
 import torch
@@ -19,9 +18,6 @@ NODE = "P2PZ_GuidedEdit"
 FAMILIES = ("sd3", "flux")
 STEPS = 4
 
-
-def _module(comfy, name):
-    return sys.modules[f"{comfy.pack_module().__name__}.{name}"]
 
 
 @pytest.fixture(scope="module", params=FAMILIES + ("sd35m",))
@@ -53,7 +49,7 @@ def _edit(comfy, model, cond, inverted, edited, lambda_xa, cfg=1.0, negative=Non
     """The node's output; results (a dict): its "losses" receive the run's per-step map losses, observed from
     outside the node (map_losses.recording around the flow loop: with lambda_xa 0 measured as a gradient pass would
     see them)."""
-    flow_node = _module(comfy, "nodes.guided_flow")
+    flow_node = comfy.pack_import("nodes.guided_flow")
     runs, inner = [], flow_node.guided_edit
     if results is not None:
         flow_node.guided_edit = recording(inner, runs)
@@ -119,7 +115,7 @@ def test_captured_maps_are_the_image_rows_over_text_columns(comfy, flow):
     ComfyUI's attention received, seen through an existing override, which is still called) restricted to image
     queries and text keys: rows sum to < 1 over text columns and to 1 with the image columns."""
     family, model, cond, _, _ = flow
-    guided_flow = _module(comfy, "nodes.guided_flow")
+    guided_flow = comfy.pack_import("nodes.guided_flow")
     spied, calls = _with_spy(model)
     patched, run = guided_flow.patched_flow_model(spied, _options(comfy, fraction=0.5))
     run.branch_of_flag = {0: "positive"}
@@ -251,7 +247,7 @@ def test_flux_gradient_block_equals_comfyui_block(comfy, pack_nodes, monkeypatch
     comfy_kitchen op has no backward). That formula is checked against the host's RoPE, then the block against
     ComfyUI's block with the same formula (set for this test only)."""
     import comfy.ldm.flux.math as flux_math
-    guided_flow = _module(comfy, "nodes.guided_flow")
+    guided_flow = comfy.pack_import("nodes.guided_flow")
     model, width, pooled = tiny_models.tiny_mmdit_model("flux", seed=3)
     block = model.model.diffusion_model.double_blocks[0]
     g = torch.Generator().manual_seed(0)
@@ -260,7 +256,7 @@ def test_flux_gradient_block_equals_comfyui_block(comfy, pack_nodes, monkeypatch
     ids[0, 7:, 1] = torch.arange(16) // 4
     ids[0, 7:, 2] = torch.arange(16) % 4
     pe = model.model.diffusion_model.pe_embedder(ids)
-    core_rope = sys.modules[guided_flow.__name__.rsplit(".", 2)[0] + ".core.joint_attention"].apply_rope
+    core_rope = comfy.pack_import("core.joint_attention").apply_rope
     q, k = torch.randn(2, 1, 2, 23, 16, generator=g).unbind(0)
     with torch.no_grad():
         ours_q, ours_k = core_rope(q, k, pe)
@@ -357,7 +353,7 @@ def test_clear_errors(comfy, flow):
 def test_kontext_reference_tokens_are_not_map_rows(comfy, pack_nodes):
     """Flux Kontext appends a reference image's tokens to the image stream (ReferenceLatent's reference_latents):
     the maps' rows are the edited image's tokens only, and the edit runs and is guided."""
-    guided_flow = _module(comfy, "nodes.guided_flow")
+    guided_flow = comfy.pack_import("nodes.guided_flow")
     model, width, pooled = tiny_models.tiny_mmdit_model("flux", seed=3)
     cond = tiny_models.tiny_flow_conditioning(width, pooled, seed=1, scale=4.0)
     edited = tiny_models.tiny_flow_conditioning(width, pooled, seed=2, scale=4.0)
@@ -431,7 +427,7 @@ def test_block_stride_guides_every_other_block(comfy, pack_nodes, family):
     cond = tiny_models.tiny_flow_conditioning(width, pooled, seed=1, scale=4.0)
     edited = tiny_models.tiny_flow_conditioning(width, pooled, seed=2, scale=4.0)
     inverted = _invert(comfy, model, cond, _latent(seed=2))[0]
-    guided_flow = _module(comfy, "nodes.guided_flow")
+    guided_flow = comfy.pack_import("nodes.guided_flow")
     _, run = guided_flow.patched_flow_model(model, _options(comfy, stride=2))
     assert run.guided_blocks == ({("double_block", 0), ("double_block", 2)} if family == "flux"
                                  else {("double_block", 0)})

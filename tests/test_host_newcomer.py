@@ -2,7 +2,6 @@
 the pack's minimum to 64 px inverts and edits to finite values; edits that would change nothing and mismatched
 steps stop with errors naming the widgets; the pack's exception types read cleanly in ComfyUI's error report."""
 import os
-import sys
 
 import pytest
 import torch
@@ -12,13 +11,9 @@ pytestmark = pytest.mark.host
 STEPS = 2  # the cheapest run that still takes a regularized inversion step and a guided step each way
 
 
-def _module(comfy, name):
-    """One of the pack's modules as ComfyUI imported it (the tests' own `core` is another copy)."""
-    return sys.modules[f"{comfy.pack_module().__name__}.{name}"]
-
 
 def _sizes(comfy):
-    minimum = 8 * _module(comfy, "core.inversion").MIN_LATENT
+    minimum = 8 * comfy.pack_import("core.inversion").MIN_LATENT
     return list(range(minimum, 65, 8))
 
 
@@ -45,7 +40,7 @@ def test_every_size_from_the_minimum_to_64_px_inverts_and_edits(comfy, tiny_sd15
     """An image of every size from the pack's minimum (16 px) to 64 px, square and not, through VAEEncode,
     Invert Latent (the default regularization) and Guided Edit with a direction: every output is finite and the
     edit differs from the reconstruction. 16, 24 and 32 px failed with "the inverted latent contains NaN" before."""
-    direction_module = _module(comfy, "core.direction")
+    direction_module = comfy.pack_import("core.direction")
     _, clip, vae = tiny_sd15_objects
     model = _sd15_with_two_channels_per_group()
     caption = comfy.call_node("CLIPTextEncode", clip=clip, text="a cat on a sofa")[0]
@@ -100,7 +95,7 @@ def test_nan_messages_name_the_possible_causes(comfy, tiny_sd15_objects, pack_no
 def test_edits_that_change_nothing_are_refused_naming_the_inputs(comfy, tiny_sd15_objects, pack_nodes):
     """cat -> cat, an all-zero direction or a multiplier of 0: refused at once (Build Edit Direction before any
     sentence is encoded), with the widget to change; an empty word names its widget."""
-    direction_module = _module(comfy, "core.direction")
+    direction_module = comfy.pack_import("core.direction")
     model, clip, _ = tiny_sd15_objects
     build = dict(clip=clip, sentence_source="generated", count=4, seed=0)
     with pytest.raises(ValueError, match=r"source and target are the same word \('cat'\).*all zeros"):
@@ -153,12 +148,12 @@ def test_error_report_names_the_pack_s_exception_types_cleanly(comfy, pack_nodes
     import execution
     import folder_paths
 
-    student = _module(comfy, "core.student")
-    caption = _module(comfy, "core.caption")
+    student = comfy.pack_import("core.student")
+    caption = comfy.pack_import("core.caption")
     for cls in (student.StudentFileError, caption.BlipModelMissingError):
         assert execution.full_type_name(cls) == f"pix2pix_zero.{cls.__name__}"
 
-    folder_name = _module(comfy, "nodes.student").STUDENTS_FOLDER
+    folder_name = comfy.pack_import("nodes.student").STUDENTS_FOLDER
     folder = str(tmp_path / folder_name)
     os.makedirs(folder)
     with open(os.path.join(folder, "broken.safetensors"), "wb") as f:
@@ -202,5 +197,5 @@ def test_large_images_are_warned_about_with_the_estimate(comfy, tiny_sd15_object
     assert "256 times the work" in warnings[0] and "ImageScale to 512" in warnings[0]
     caplog.clear()
     with caplog.at_level(logging.WARNING):
-        _module(comfy, "nodes.common").warn_if_large(torch.zeros(1, 4, 8, 8), model, "Invert Latent")
+        comfy.pack_import("nodes.common").warn_if_large(torch.zeros(1, 4, 8, 8), model, "Invert Latent")
     assert not [r for r in caplog.records if "may not finish" in r.getMessage()]

@@ -67,14 +67,14 @@ def base_dir(comfy, pack_nodes, tiny_checkpoint_name, tmp_path_factory):
     _write_direction(comfy, tiny_checkpoint_name, models / "pix2pix_zero_directions" / BUNDLED_DIRECTION)
     students = models / "pix2pix_zero_students"
     students.mkdir()
-    _write_tiny_student(students / TINY_STUDENT)
+    _write_tiny_student(comfy, students / TINY_STUDENT)
     _write_stand_ins(models)
     return base
 
 
 def _write_direction(comfy, checkpoint, path):
     """The direction the reuse example loads, made with the tiny checkpoint's CLIP (so it fits its width)."""
-    from core.direction import save_direction
+    save_direction = comfy.pack_import("core.direction").save_direction
 
     clip = comfy.call_node("CheckpointLoaderSimple", ckpt_name=checkpoint)[1]
     direction = comfy.call_node("P2PZ_BuildDirection", clip=clip, source="cat", target="dog",
@@ -82,11 +82,10 @@ def _write_direction(comfy, checkpoint, path):
     save_direction(path, direction)
 
 
-def _write_tiny_student(path):
-    from core.student import StudentConfig, build_student, save_student
-
-    model = build_student(StudentConfig(base_channels=8, num_res_blocks=1), seed=0)
-    save_student(str(path), model, edit="cat -> dog", resolution=64)
+def _write_tiny_student(comfy, path):
+    student = comfy.pack_import("core.student")
+    model = student.build_student(student.StudentConfig(base_channels=8, num_res_blocks=1), seed=0)
+    student.save_student(str(path), model, edit="cat -> dog", resolution=64)
 
 
 @pytest.fixture(scope="module")

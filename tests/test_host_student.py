@@ -11,14 +11,24 @@ import torch
 from safetensors.torch import save_file
 from tolerances import network_rounding_atol
 
-from core.student import StudentConfig, apply_student, build_student, save_student
-from core.student_data import list_pairs, read_image
 from fixtures import tiny_models
 
 pytestmark = pytest.mark.host
 
 FOLDER = "pix2pix_zero_students"
 NODES = ("P2PZ_LoadStudent", "P2PZ_ApplyStudent", "P2PZ_SavePairs", "P2PZ_TrainStudent")
+
+
+@pytest.fixture
+def core_student(comfy, pack_nodes):
+    """The pack's core.student as ComfyUI loaded it (one copy of core in the process: scripts/comfy_host.pack_import)."""
+    return comfy.pack_import("core.student")
+
+
+@pytest.fixture
+def core_data(comfy, pack_nodes):
+    """The pack's core.student_data as ComfyUI loaded it."""
+    return comfy.pack_import("core.student_data")
 
 
 @pytest.fixture
@@ -36,13 +46,13 @@ def students_dir(comfy, tmp_path):
         paths.remove(folder)
 
 
-def _random_student(path, seed=0, config=None):
-    net = build_student(config, seed=seed)
+def _random_student(core_student, path, seed=0, config=None):
+    net = core_student.build_student(config, seed=seed)
     g = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for p in net.parameters():
             p.copy_(torch.randn(p.shape, generator=g) * 0.05)
-    save_student(path, net, edit="cat -> dog", resolution=256, training_steps=10)
+    core_student.save_student(path, net, edit="cat -> dog", resolution=256, training_steps=10)
     return net.eval()
 
 
@@ -72,13 +82,13 @@ def test_pack_registers_the_student_nodes(pack_nodes, comfy):
     assert os.path.join(folder_paths.models_dir, FOLDER) in paths and ".safetensors" in exts
 
 
-def test_load_then_apply_through_the_real_executor(comfy, pack_nodes, students_dir):
+def test_load_then_apply_through_the_real_executor(comfy, pack_nodes, students_dir, core_student):
     """LoadImage (a 50x72 photo: not a multiple of 16) -> P2PZ_LoadStudent -> P2PZ_ApplyStudent -> SaveImage; the
     node's output equals core.apply_student on LoadImage's own tensor, bit for bit, and the student went through
     ComfyUI's model management."""
     import comfy.model_management as mm
 
-    net = _random_student(os.path.join(students_dir, "tiny.safetensors"))
+    net = _random_student(core_student, os.path.join(students_dir, "tiny.safetensors"))
     # a train_state/ folder next to students is not offered in the list
     os.makedirs(os.path.join(students_dir, "train_state"))
     shutil.copy(os.path.join(students_dir, "tiny.safetensors"), os.path.join(students_dir, "train_state", "x.safetensors"))
@@ -100,9 +110,9 @@ def test_load_then_apply_through_the_real_executor(comfy, pack_nodes, students_d
     # the loader keeps the weights bit exact and converts them to channels_last (faster): core's apply on the
     # same weights in that layout gives the same bits, and the default layout the same values up to summation order
     fast = copy.deepcopy(net).to(memory_format=torch.channels_last)
-    assert torch.equal(edited, apply_student(fast, image.movedim(-1, 1)).movedim(1, -1))
+    assert torch.equal(edited, core_student.apply_student(fast, image.movedim(-1, 1)).movedim(1, -1))
     # the default layout: other kernels, float32 rounding of the network (tests/tolerances.py, rule 3)
-    torch.testing.assert_close(edited, apply_student(net, image.movedim(-1, 1)).movedim(1, -1), rtol=0,
+    torch.testing.assert_close(edited, core_student.apply_student(net, image.movedim(-1, 1)).movedim(1, -1), rtol=0,
                                atol=network_rounding_atol(net, 0, edited))
     assert not torch.equal(edited, image)
     assert any(lm.model is student.patcher for lm in mm.current_loaded_models)
@@ -119,10 +129,10 @@ def test_load_then_apply_through_the_real_executor(comfy, pack_nodes, students_d
         comfy.call_node("P2PZ_ApplyStudent", student=student, image=torch.rand(1, 16, 16, 4))
 
 
-def test_loader_refuses_other_files_with_a_clear_error(comfy, pack_nodes, students_dir):
+def test_loader_refuses_other_files_with_a_clear_error(comfy, pack_nodes, students_dir, core_student):
     save_file({"model.diffusion_model.out.2.weight": torch.zeros(4, 320, 3, 3)},
               os.path.join(students_dir, "sd15.safetensors"))
-    _random_student(os.path.join(students_dir, "good.safetensors"))
+    _random_student(core_student, os.path.join(students_dir, "good.safetensors"))
     data = Path(os.path.join(students_dir, "good.safetensors")).read_bytes()
     with open(os.path.join(students_dir, "cut.safetensors"), "wb") as f:
         f.write(data[: len(data) // 3])
@@ -135,7 +145,7 @@ def test_loader_refuses_other_files_with_a_clear_error(comfy, pack_nodes, studen
             comfy.run_prompt(prompt)
 
 
-def test_save_pairs_collects_without_overwriting_and_filters(comfy, pack_nodes):
+def test_save_pairs_collects_without_overwriting_and_filters(comfy, pack_nodes, core_data):
     a = _png(comfy, "pair_a.png", 64, 48, seed=2)
     b = _png(comfy, "pair_b.png", 64, 48, seed=3)
 
@@ -153,20 +163,20 @@ def test_save_pairs_collects_without_overwriting_and_filters(comfy, pack_nodes):
     shutil.rmtree(folder, ignore_errors=True)
     first = comfy.run_prompt(graph(["3", 0], 0.5))
     comfy.run_prompt(graph(["3", 0], 0.5))  # a fresh executor runs it again: a second pair, nothing replaced
-    assert [p[0] for p in list_pairs(folder)] == [1, 2]
+    assert [p[0] for p in core_data.list_pairs(folder)] == [1, 2]
     assert "1/1 pairs written" in first["outputs"]["4"]["text"][0]
     original = comfy.node_output(first, "1")[0]
-    stored = read_image(os.path.join(folder, "input", "000001.png")).permute(1, 2, 0)
+    stored = core_data.read_image(os.path.join(folder, "input", "000001.png")).permute(1, 2, 0)
     assert torch.equal(stored, (original * 255).round().to(torch.uint8))
     rejected = comfy.run_prompt(graph(["2", 0], 0.5))  # an unrelated image as the "edit"
     assert "rejected" in rejected["outputs"]["4"]["text"][1] and comfy.node_output(rejected, "4") == 0
-    assert [p[0] for p in list_pairs(folder)] == [1, 2]
+    assert [p[0] for p in core_data.list_pairs(folder)] == [1, 2]
     with pytest.raises(AssertionError, match="invalid dataset name"):
         comfy.run_prompt(dict(graph(["3", 0], 0.0), **{"4": dict(graph(["3", 0], 0.0)["4"], inputs=dict(
             graph(["3", 0], 0.0)["4"]["inputs"], dataset_name="../escape"))}))
 
 
-def test_train_node_trains_resumes_and_uses_the_vae_encoder(comfy, pack_nodes, students_dir, caplog):
+def test_train_node_trains_resumes_and_uses_the_vae_encoder(comfy, pack_nodes, students_dir, caplog, core_data):
     """P2PZ_TrainStudent on a pair folder, under inference_mode as the executor runs it, with the perceptual loss
     on a VAE encoder whose weights were made under inference_mode (as every loaded VAE's are); it says what it did
     (UI text, log lines, ComfyUI's progress bar) and writes files others can read (0644 under umask 022)."""
@@ -175,7 +185,7 @@ def test_train_node_trains_resumes_and_uses_the_vae_encoder(comfy, pack_nodes, s
     import folder_paths
     from comfy.utils import set_progress_bar_global_hook  # not "import comfy.utils": the fixture is named comfy
 
-    from core.student_data import save_pairs
+    save_pairs = core_data.save_pairs
 
     pairs = os.path.join(comfy.io_dirs()["output"], "pix2pix_zero_pairs", "host_swap")
     shutil.rmtree(pairs, ignore_errors=True)
@@ -223,26 +233,24 @@ def test_train_node_trains_resumes_and_uses_the_vae_encoder(comfy, pack_nodes, s
         folder_paths.add_model_folder_path(FOLDER, students_dir)  # the fixture removes it again
 
 
-def test_vae_features_work_on_comfyui_vae_encoders(comfy):
-    from core.student import FeaturePerceptualLoss, vae_encoder_features
-
+def test_vae_features_work_on_comfyui_vae_encoders(comfy, core_student):
     _, _, vae = tiny_models.tiny_sd15(seed=2)
-    features = vae_encoder_features(vae.first_stage_model.encoder, num_levels=3)
+    features = core_student.vae_encoder_features(vae.first_stage_model.encoder, num_levels=3)
     assert features.layer_names == ["down.0.block.0", "down.1.block.0", "down.2.block.0"]
     x = torch.rand(1, 3, 32, 32, requires_grad=True)
-    loss = FeaturePerceptualLoss(features)(x, torch.rand(1, 3, 32, 32))
+    loss = core_student.FeaturePerceptualLoss(features)(x, torch.rand(1, 3, 32, 32))
     loss.backward()
     assert loss > 0 and x.grad.abs().sum() > 0
 
 
-def test_student_config_sizes_are_respected(comfy, pack_nodes, students_dir):
+def test_student_config_sizes_are_respected(comfy, pack_nodes, students_dir, core_student):
     """Any image size works with a student of another size multiple (here 8)."""
-    config = StudentConfig(base_channels=8, channel_mult=(1, 2, 4), num_res_blocks=1)
-    net = _random_student(os.path.join(students_dir, "small.safetensors"), seed=4, config=config)
+    config = core_student.StudentConfig(base_channels=8, channel_mult=(1, 2, 4), num_res_blocks=1)
+    net = _random_student(core_student, os.path.join(students_dir, "small.safetensors"), seed=4, config=config)
     student = comfy.call_node("P2PZ_LoadStudent", student_name="small.safetensors", dtype="fp32")[0]
     image = torch.rand(2, 13, 9, 3)
     out = comfy.call_node("P2PZ_ApplyStudent", student=student, image=image)[0]
-    expected = apply_student(copy.deepcopy(net).to(memory_format=torch.channels_last), image.movedim(-1, 1))
+    expected = core_student.apply_student(copy.deepcopy(net).to(memory_format=torch.channels_last), image.movedim(-1, 1))
     assert torch.equal(out, expected.movedim(1, -1))
 
 
@@ -264,7 +272,7 @@ def _ui_to_api(workflow, node_classes):
     return prompt
 
 
-def test_example_workflow_runs(comfy, pack_nodes, students_dir):
+def test_example_workflow_runs(comfy, pack_nodes, students_dir, core_student):
     """example_workflows/pix2pix_zero_5_fast_student.json, converted to the API format, runs as shipped once its student file and
     image exist (LoadImage -> P2PZ_LoadStudent -> P2PZ_ApplyStudent -> SaveImage)."""
     import json
@@ -279,14 +287,14 @@ def test_example_workflow_runs(comfy, pack_nodes, students_dir):
     prompt = _ui_to_api(workflow, nodes.NODE_CLASS_MAPPINGS)
     assert [prompt[k]["class_type"] for k in sorted(prompt)] == ["LoadImage", "P2PZ_LoadStudent",
                                                                  "P2PZ_ApplyStudent", "SaveImage"]
-    _random_student(os.path.join(students_dir, prompt["2"]["inputs"]["student_name"]), seed=7)
+    _random_student(core_student, os.path.join(students_dir, prompt["2"]["inputs"]["student_name"]), seed=7)
     _png(comfy, prompt["1"]["inputs"]["image"], 40, 56, seed=5)
     result = comfy.run_prompt(prompt)
     assert comfy.node_output(result, "3").shape == (1, 40, 56, 3)
     assert result["outputs"]["4"]["images"]
 
 
-def test_save_pairs_lines_up_with_the_vae_crop(comfy, pack_nodes, tiny_sd15_objects):
+def test_save_pairs_lines_up_with_the_vae_crop(comfy, pack_nodes, tiny_sd15_objects, core_data):
     """VAEEncode centre-crops to a multiple of 8, so the editor's output of a 61x45 photo is 56x40: the node crops
     the original the same way instead of refusing the pair."""
     _, _, vae = tiny_sd15_objects
@@ -298,7 +306,7 @@ def test_save_pairs_lines_up_with_the_vae_crop(comfy, pack_nodes, tiny_sd15_obje
     out = comfy.call_node("P2PZ_SavePairs", original=image, edited=decoded, dataset_name="host_crop", edit="e",
                           min_structure=0.0, min_change=0.0)
     assert out["result"] == (1,)
-    stored = read_image(os.path.join(folder, "input", "000001.png")).permute(1, 2, 0)
+    stored = core_data.read_image(os.path.join(folder, "input", "000001.png")).permute(1, 2, 0)
     assert torch.equal(stored, (image[0, 2:58, 2:42] * 255).round().to(torch.uint8))
     with pytest.raises(ValueError, match="differ"):
         comfy.call_node("P2PZ_SavePairs", original=image, edited=torch.rand(1, 20, 20, 3), dataset_name="host_crop",

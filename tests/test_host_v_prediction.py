@@ -5,7 +5,6 @@ Inversion (P2PZ_InvertLatent) against StableDiffusionPix2PixZeroPipeline.invert(
 the model's v (core.sigma_space.predict_noise), and the guided edit (P2PZ_GuidedEdit) against the pipeline's
 __call__ from the same inverted latent."""
 import functools
-import sys
 
 import pytest
 import torch
@@ -108,7 +107,7 @@ def test_inversion_both_conversions_match_diffusers(comfy, pack_nodes, sd2v, mon
     scale = model.get_model_object("latent_format").scale_factor
     latent = _latent(seed=11)
     context = caption[0][0].float()
-    inversion = sys.modules[f"{comfy.pack_module().__name__}.nodes.inversion"]
+    inversion = comfy.pack_import("nodes.inversion")
 
     ours = {"eval": _as_x_T(model, _invert_node(comfy, model, caption, latent, steps))}
     monkeypatch.setattr(inversion, "invert_latent",

@@ -98,6 +98,17 @@ def test_command_line_and_workflows_save_to_one_folder():
     assert folders == {edit_image.OUTPUT_SUBFOLDER} == {"pix2pix-zero"}
 
 
+def _absolute_imports(path):
+    """Every module name a Python file imports absolutely (import x.y; from x.y import z), anywhere in the file."""
+    names = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            names += [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            names.append(node.module or "")
+    return names
+
+
 def test_what_ships_never_imports_fixtures_world_benchmarks_or_tests():
     """The node pack (root __init__.py, core/, nodes/), the commands and their runtime (scripts/) import none of the
     tiny-model fixtures, the learned world, the benchmarks or the tests: they are not installed for users."""
@@ -105,10 +116,17 @@ def test_what_ships_never_imports_fixtures_world_benchmarks_or_tests():
     shipped = [ROOT / "__init__.py", *(ROOT / "core").glob("*.py"), *(ROOT / "nodes").glob("*.py"),
                *(ROOT / "scripts").glob("*.py"), *(ROOT / name for name in ("edit_image.py", "collect_pairs.py",
                                                                            "train_student.py"))]
-    found = []
-    for path in shipped:
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
-            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
-                     else [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0 else [])
-            found += [f"{path.relative_to(ROOT)}: {n}" for n in names if n.split(".")[0] in apart]
+    found = [f"{path.relative_to(ROOT)}: {n}" for path in shipped for n in _absolute_imports(path)
+             if n.split(".")[0] in apart]
     assert len(shipped) > 30 and found == [], found
+
+
+def test_host_tests_use_the_pack_as_comfyui_loaded_it():
+    """Host tests take the pack's modules from comfy.pack_import (scripts/comfy_host.py), never from a top-level
+    `core` import: that would be a second copy of core beside the one ComfyUI loaded (other classes, other module
+    state, a monkeypatch that misses). The command tests run the commands as users do, in their own module space."""
+    commands = {"test_host_collect_pairs.py", "test_host_edit_command.py"}
+    files = [p for p in (ROOT / "tests").glob("test_host_*.py") if p.name not in commands]
+    files += [ROOT / "tests" / "map_losses.py", ROOT / "tests" / "flow_checks.py"]
+    found = [f"{path.name}: {n}" for path in files for n in _absolute_imports(path) if n.split(".")[0] == "core"]
+    assert len(files) >= 20 and found == [], found
