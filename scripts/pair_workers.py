@@ -178,7 +178,8 @@ class PairWorker:
 
         import torch
 
-        from core.student_data import change_score, png_bytes, structure_score
+        data = self.comfy_host.pack_import("core.student_data")  # the pack as this worker's ComfyUI loaded it
+        change_score, png_bytes, structure_score = data.change_score, data.png_bytes, data.structure_score
 
         started = time.monotonic()
         prompt = copy.deepcopy(self.prompt)
