@@ -22,7 +22,8 @@ Methods (each on the same images and edits; ``METHODS``):
 - lambda_0.05, lambda_0.2, lambda_0.4: the paper's settings at other guidance strengths; fraction_1, fraction_0.5,
   fraction_0.25: every step, the first half, the first quarter guided (Guided Edit Options' guided_fraction; without
   the node every step on the UNet path, the first half on SD 3.x / Flux); lambda_1_all_steps: the input's largest
-  strength on every step;
+  strength on every step; lambda_3_all_steps, lambda_10_all_steps: beyond the input's range, an experiment (the
+  loop's strength scaled inside the benchmark, ``scaled_lambda``);
 - caption_guided, caption_unguided: the paper's inversion and Guided Edit (lambda_xa 0.1, and 0) with the edit
   given as the edited caption (edited_positive) instead of a direction: the guidance apart from the direction;
 - prompt_swap: plain inversion, then stock SamplerCustom (ddim, or euler on a flow model; no added noise) from the
@@ -49,6 +50,7 @@ A grid (input, reconstruction, one edit per method) goes to --out as grid.png, t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -78,6 +80,12 @@ METHODS = {
                       "guided_fraction": 0.25},
     "lambda_1_all_steps": {"kind": "p2pz", "lambda_xa": 1.0, "regularize": True, "fixed_point_iters": 0,
                            "guided_fraction": 1.0},
+    # beyond the widget's range (0-1), an experiment only: the loop's lambda_xa is the node's 1 times lambda_scale
+    # (the loop wrapped as the tests observe it); how far the SD 3.x world's too-small step is from doing something
+    "lambda_3_all_steps": {"kind": "p2pz", "lambda_xa": 1.0, "lambda_scale": 3.0, "regularize": True,
+                           "fixed_point_iters": 0, "guided_fraction": 1.0},
+    "lambda_10_all_steps": {"kind": "p2pz", "lambda_xa": 1.0, "lambda_scale": 10.0, "regularize": True,
+                            "fixed_point_iters": 0, "guided_fraction": 1.0},
     # the pack's inversion and guided sampler with the edit given as the edited caption (Guided Edit's
     # edited_positive) instead of a sentence-mean direction: separates what the guidance does from what the
     # direction reaches
@@ -119,6 +127,24 @@ def held_out_images(count, seed=0):
         out.append({"image": s["image"], "mask": s["mask"], "attributes": s["attributes"],
                     "caption": render.caption(s["attributes"], template)})
     return out
+
+
+@contextlib.contextmanager
+def scaled_lambda(comfy_host, scale):
+    """Within the block, Guided Edit's loop (core.guidance.guided_edit, as both seams call it) runs at its lambda_xa
+    times `scale`: an experiment beyond the widget's range, for the benchmark only."""
+    if scale == 1.0:
+        yield
+        return
+    seams = [comfy_host.pack_import(f"nodes.{name}") for name in ("guided_unet", "guided_flow")]
+    inner = seams[0].guided_edit
+    for seam in seams:
+        seam.guided_edit = lambda *a, **k: inner(*a, **dict(k, lambda_xa=k["lambda_xa"] * scale))
+    try:
+        yield
+    finally:
+        for seam in seams:
+            seam.guided_edit = inner
 
 
 def edited_caption(caption, source, target):
@@ -272,9 +298,10 @@ def run(args):
                     if "guided_fraction" in m:  # Guided Edit Options; without it each family's default
                         (edit["options"],) = call("P2PZ_GuidedEditOptions", guided_fraction=m["guided_fraction"],
                                                   block_stride=1, checkpoint_blocks=True)
-                    (edited, recon), calls, seconds = timed(
-                        "P2PZ_GuidedEdit", model=model, positive=positive, inverted_latent=inv, steps=args.steps,
-                        cfg=args.cfg, lambda_xa=m["lambda_xa"], guidance="references", **edit)
+                    with scaled_lambda(comfy_host, m.get("lambda_scale", 1.0)):
+                        (edited, recon), calls, seconds = timed(
+                            "P2PZ_GuidedEdit", model=model, positive=positive, inverted_latent=inv,
+                            steps=args.steps, cfg=args.cfg, lambda_xa=m["lambda_xa"], guidance="references", **edit)
                 elif m["kind"] == "prompt_swap":
                     (sampler,) = call("KSamplerSelect", sampler_name=swap_sampler)
                     plain = {k: v for k, v in inv.items() if k == "samples"}
