@@ -64,6 +64,7 @@ class GuidedEdit:
         if isinstance(samples, torch.Tensor) and samples.ndim == 4:
             warn_if_large(samples, model, "Guided Edit")
         check_range("cfg", cfg, CFG_RANGE)
+        check_range("lambda_xa", lambda_xa, LAMBDA_RANGE)  # both families: the input's range
         if options is None and LEGACY_OPTIONS_KEY in model.model_options:
             options = model.model_options[LEGACY_OPTIONS_KEY]
             logging.warning("pix2pix-zero Guided Edit: the MODEL carries the settings of the deprecated 'Guided Edit "

@@ -362,8 +362,6 @@ def flow_guided_edit_node(model, positive, inverted_latent, steps, cfg, lambda_x
                          "(SD 3.0, 3.5 Medium and Large) and Flux.1 (dev), not its variants with other blocks (Chroma, "
                          "Flux 2) or other flow models. Invert Latent works on it; the edit does not")
     options = guidance_options(options, family)
-    if not (0.0 <= lambda_xa <= 1.0):
-        raise ValueError(f"lambda_xa must be between 0.0 and 1.0, got {lambda_xa}")
     samples = inverted_latent["samples"]
     check_latent(samples, channels=model.get_model_object("latent_format").latent_channels, what="inverted latent",
                  nan_causes=INVERSION_NAN_CAUSES)

@@ -32,8 +32,8 @@ from .attention_backends import (AUTOGRAD_BACKENDS, OVERRIDE_KEY, attn2_layers, 
                                  no_grad_attention, self_attention)
 from .common import (INVERSION_KEY, check_conditioning_batch, check_no_cfg_patches, check_plain_conditioning,
                      discrete_model_sampling, explained_gradient_errors, gradient_pass_weights, log_map_loss)
-from .guided_shell import (CFG_RANGE, COND_KEYS, LAMBDA_RANGE, GuidedEditGuider, check_range, check_steps,
-                           guidance_options, guided_steps, run_guided_sampler, same_conditioning)
+from .guided_shell import (COND_KEYS, GuidedEditGuider, check_steps, guidance_options, guided_steps, run_guided_sampler,
+                           same_conditioning)
 
 
 WRAPPER_KEY = "p2pz_guided_edit"  # the key of the pack's APPLY_MODEL wrapper on the run's clone
@@ -252,9 +252,7 @@ def unet_guided_edit(model, positive, inverted_latent, steps, cfg, lambda_xa, gu
                      direction=None, direction_multiplier=1.0, edited_positive=None, options=None):
     """P2PZ_GuidedEdit for SD 1.x / 2.x / SDXL (nodes/guided.py dispatches here)."""
     options = guidance_options(options, "unet")
-    check_range("cfg", cfg, CFG_RANGE)
     check_no_cfg_patches(model, cfg != 1.0)
-    check_range("lambda_xa", lambda_xa, LAMBDA_RANGE)
     if guidance not in GUIDANCE_MODES:
         raise ValueError(f"unknown guidance {guidance!r}; choose one of {', '.join(GUIDANCE_MODES)}")
     model_sampling, width = _check_model(model)

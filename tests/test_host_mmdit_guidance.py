@@ -343,6 +343,9 @@ def test_clear_errors(comfy, flow):
     for bad, message in ((area, "carries area"), (ranged, "carries a timestep range"), (combined, "has 2 entries")):
         with pytest.raises(ValueError, match=message):
             _edit(comfy, model, bad, inverted, edited, 0.1)
+    for lam in (-0.1, 1.5):  # the input's range, checked by the shell for both families
+        with pytest.raises(ValueError, match=f"lambda_xa must be between 0.0 and 1.0, got {lam}"):
+            _edit(comfy, model, cond, inverted, edited, lam)
     if family == "sd3":  # SkipLayerGuidanceSD3 (common with SD 3.5 Medium) is a post-CFG hook: refused at cfg > 1
         slg = comfy.call_node("SkipLayerGuidanceSD3", model=model, layers="0", scale=3.0, start_percent=0.01,
                               end_percent=0.15)[0]
