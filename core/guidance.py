@@ -191,13 +191,15 @@ class GuidedEditor:
         # (x, sigma, eps) of the last reference step's negative branch: the edit's first step reuses it
         self._reference_negative = None
 
-    def _combined(self, x_pos, x_neg, denoised, positive, sigma):
+    def _combined(self, x_pos, x_neg, denoised, positive, sigma, slope_neg=None):
         """The CFG slope: slope_neg + cfg (slope_pos - slope_neg) (linear: the same as ComfyUI's combination of the
-        denoised latents); a negative equal to the positive that was not evaluated has its slope."""
+        denoised latents). slope_neg: the negative's slope where it is known already; else from its output, or, for
+        a negative equal to the positive that was not evaluated, the positive's."""
         slope = slope_from_denoised(x_pos, denoised[positive], sigma)
         if not self.use_cfg:
             return slope, None
-        slope_neg = slope_from_denoised(x_neg, denoised[NEGATIVE], sigma) if NEGATIVE in denoised else slope
+        if slope_neg is None:
+            slope_neg = slope_from_denoised(x_neg, denoised[NEGATIVE], sigma) if NEGATIVE in denoised else slope
         return slope_neg + self.cfg * (slope - slope_neg), slope_neg
 
     # -- the reconstruction -------------------------------------------------------------------------------------
@@ -298,10 +300,7 @@ class GuidedEditor:
                 branches = {NEGATIVE: x_neg, EDITED: guided_x}
         with torch.no_grad():
             denoised = self.denoise(branches, sigma)
-        if slope_neg is not None:
-            slope = slope_neg + self.cfg * (slope_from_denoised(guided_x, denoised[EDITED], sigma) - slope_neg)
-        else:
-            slope, _ = self._combined(guided_x, x_neg, denoised, EDITED, sigma)
+        slope, _ = self._combined(guided_x, x_neg, denoised, EDITED, sigma, slope_neg)
         # the references carry x_in.chunk(2)[0]: the negative copy with CFG, the edited copy without
         carried = x_neg if self.mode == "references" and self.use_cfg else guided_x
         return euler_step(carried, slope, sigma, sigma_next), slope, losses

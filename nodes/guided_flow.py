@@ -38,8 +38,8 @@ from ..core.schedule import FlowSchedule
 from .attention_backends import OVERRIDE_KEY
 from .common import (INVERSION_KEY, check_conditioning_batch, check_no_cfg_patches, check_plain_conditioning,
                      explained_gradient_errors, flow_model_sampling, gradient_pass_weights, log_map_loss)
-from .guided_shell import (COND_KEYS, GuidedEditGuider, check_steps, guidance_options, guided_steps, run_guided_sampler,
-                           same_conditioning)
+from .guided_shell import (COND_KEYS, GuidedEditGuider, check_steps, guidance_options, guided_layers, guided_steps,
+                           run_guided_sampler, same_conditioning)
 
 TAG_KEY = "p2pz_joint_block"  # set by our block wrappers in a copy of the transformer options
 
@@ -258,15 +258,12 @@ def patched_flow_model(model, options):
     if not blocks:
         raise ValueError("this flow model has no joint-attention blocks pix2pix-zero knows: the guided edit supports "
                          "SD 3.x (MMDiT) and Flux")
-    stride = int(options["block_stride"])
-    guided = blocks[::stride]
+    guided, loss_scale = guided_layers(blocks, options["block_stride"])
     run = _Run([key for key, *_ in guided])
     run.checkpoint = bool(options["checkpoint_blocks"])
     patch = getattr(model.model.diffusion_model, "patch_size", 2)
     run.patch_size = int(patch[-1] if isinstance(patch, (tuple, list)) else patch)
-    # The map loss is a sum over the guided blocks: guiding every N-th block leaves about 1/N of the terms, so the
-    # step is scaled by (blocks / guided blocks) to keep lambda_xa meaning the same step whatever the stride.
-    run.loss_scale = len(blocks) / len(guided)
+    run.loss_scale = loss_scale  # blocks / guided blocks (guided_shell.guided_layers)
     clone = model.clone()
     transformer_options = clone.model_options.setdefault("transformer_options", {})
     transformer_options[OVERRIDE_KEY] = _JointOverride(run, transformer_options.get(OVERRIDE_KEY))

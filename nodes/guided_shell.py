@@ -28,15 +28,22 @@ BLOCK_STRIDE_RANGE = (1, 16)
 
 
 def guidance_options(options, family):
-    """The options a run uses: the connected Guided Edit Options, else the family's defaults ("unet", "sd3", "flux"),
-    checked; a lever that cannot act on this family is logged, never silently dropped."""
-    merged = dict(DEFAULT_OPTIONS[family], **(options or {}))
-    check_range("guided_fraction", merged["guided_fraction"], (0.0, 1.0))
-    check_range("block_stride", merged["block_stride"], BLOCK_STRIDE_RANGE)
+    """The options a run uses: the connected Guided Edit Options, else the family's defaults ("unet", "sd3", "flux");
+    a lever that cannot act on this family is logged, never silently dropped."""
+    merged = dict(DEFAULT_OPTIONS[family], **(options or {}))  # the options node checked its values
     if not merged["checkpoint_blocks"] and family != "flux":
         logging.warning("pix2pix-zero Guided Edit: checkpoint_blocks off acts on Flux only (SD 3.x's blocks are "
                         "checkpointed by ComfyUI itself, a UNet's gradient pass is not checkpointed); ignored")
     return merged
+
+
+def guided_layers(keys, block_stride):
+    """(every block_stride-th of the attention layers `keys`, loss scale). The map loss is a sum over the guided
+    layers: guiding every N-th leaves about 1/N of the terms, so the step is scaled by (layers / guided layers) to keep
+    lambda_xa meaning the same step whatever the stride."""
+    keys = list(keys)
+    guided = keys[::int(block_stride)]
+    return guided, len(keys) / len(guided)
 
 
 def guided_steps(options, steps):

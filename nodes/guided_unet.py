@@ -32,8 +32,8 @@ from .attention_backends import (AUTOGRAD_BACKENDS, OVERRIDE_KEY, attn2_layers, 
                                  no_grad_attention, self_attention)
 from .common import (INVERSION_KEY, check_conditioning_batch, check_no_cfg_patches, check_plain_conditioning,
                      discrete_model_sampling, explained_gradient_errors, gradient_pass_weights, log_map_loss)
-from .guided_shell import (COND_KEYS, GuidedEditGuider, check_steps, guidance_options, guided_steps, run_guided_sampler,
-                           same_conditioning)
+from .guided_shell import (COND_KEYS, GuidedEditGuider, check_steps, guidance_options, guided_layers, guided_steps,
+                           run_guided_sampler, same_conditioning)
 
 
 WRAPPER_KEY = "p2pz_guided_edit"  # the key of the pack's APPLY_MODEL wrapper on the run's clone
@@ -144,8 +144,8 @@ def patched_model(model, run, block_stride=1):
     if not layers:
         raise ValueError("this model has no cross-attention (attn2) layers in a UNet: pix2pix-zero needs an SD 1.x, "
                          "SD 2.x or SDXL model")
-    guided = set(list(layers)[::int(block_stride)])
-    run.loss_scale = len(layers) / len(guided)
+    guided, run.loss_scale = guided_layers(layers, block_stride)
+    guided = set(guided)
     clone = model.clone()
     transformer_options = clone.model_options.get("transformer_options", {})
     existing = transformer_options.get("patches_replace", {}).get("attn2", {})
@@ -285,8 +285,6 @@ def unet_guided_edit(model, positive, inverted_latent, steps, cfg, lambda_xa, gu
 
     run = _Run()
     patched = patched_model(model, run, options["block_stride"])
-    # The map loss is a sum over the guided layers: guiding every N-th leaves about 1/N of the terms, so the step is
-    # scaled by (layers / guided layers) to keep lambda_xa meaning the same step whatever the stride.
     settings = {"cfg": cfg, "lambda_xa": lambda_xa * run.loss_scale, "mode": guidance,
                 "negative_is_caption": negative_is_caption, "guided_steps": guided_steps(options, steps)}
     results = {}
