@@ -2,7 +2,7 @@
 held-out images.
 
     COMFYUI_PATH=/path/to/ComfyUI python bench/bench_quality.py --ckpt WORLD/checkpoints/world-sd15-latest.safetensors \\
-        --judge WORLD/judge.safetensors [--images 24] [--edits colour shape] [--steps 20] \\
+        --judge WORLD/judge.safetensors [--images 24] [--edits colour shape] [--steps 20] [--sentences 200] \\
         [--methods paper no_guidance ...] [--out DIR] [--json out.json]
 
 Held-out images: renders of the world's test split (attribute combinations never shown in training), each with
@@ -17,8 +17,8 @@ Methods (each on the same images and edits; ``METHODS``):
 - paper: the paper's settings (first-order inversion with the regularization, lambda_xa 0.1);
 - no_guidance: lambda_xa 0 (the direction alone: the paper's ablation);
 - no_regularization: lambda_xa 0.1 on a plain inversion (lambda_ac = lambda_kl = 0, reg_steps 0);
-- fixed_point_2: the paper's settings with 2 fixed-point iterations per inversion step (P2PZ_InvertLatent's
-  fixed_point_iters, issue 26);
+- fixed_point_1, fixed_point_2: the paper's settings with 1 / 2 fixed-point iterations per inversion step
+  (P2PZ_InvertLatent's fixed_point_iters, issue 26); fixed_point_1 is the pack's defaults since 2026-12-07;
 - lambda_0.05, lambda_0.2, lambda_0.4: the paper's settings at other guidance strengths; fraction_1, fraction_0.5,
   fraction_0.25: every step, the first half, the first quarter guided (Guided Edit Options' guided_fraction; without
   the node every step on the UNet path, the first half on SD 3.x / Flux); lambda_1_all_steps: the input's largest
@@ -41,7 +41,8 @@ Reported per method and edit kind (the judge reads every image):
 - background PSNR: input against edit, over the pixels outside both object masks (the render's true mask of the
   input, the judge's mask of the edit, each grown by a pixel);
 - reconstruction (pix2pix-zero methods): the judge reads all five attributes right on the unedited reconstruction,
-  and its PSNR to the input (what inversion + the world's VAE lose before any edit);
+  and its PSNR to the input (what inversion + the world's VAE lose before any edit); the JSON rows also give what the
+  judge reads on input and reconstruction and the reconstruction's mask IoU (the most an edit can keep);
 - model calls per edit in forward-equivalents (``GRADIENT_PASS_COST``), inversion included, and seconds per edit;
 - direction reach (text space, the same for every method): the fraction of the caption -> edited caption distance
   that adding the direction closes (``direction_reach``).
@@ -66,6 +67,7 @@ METHODS = {
     "paper": {"kind": "p2pz", "lambda_xa": 0.1, "regularize": True, "fixed_point_iters": 0},
     "no_guidance": {"kind": "p2pz", "lambda_xa": 0.0, "regularize": True, "fixed_point_iters": 0},
     "no_regularization": {"kind": "p2pz", "lambda_xa": 0.1, "regularize": False, "fixed_point_iters": 0},
+    "fixed_point_1": {"kind": "p2pz", "lambda_xa": 0.1, "regularize": True, "fixed_point_iters": 1},
     "fixed_point_2": {"kind": "p2pz", "lambda_xa": 0.1, "regularize": True, "fixed_point_iters": 2},
     # the guidance strength, and the share of guided steps (Guided Edit Options' guided_fraction; without the node
     # every step on the UNet path, the first half on SD 3.x / Flux): the evidence for the defaults
@@ -166,6 +168,8 @@ def main(argv=None):
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--cfg", type=float, default=5.0)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--sentences", type=int, default=SENTENCES,
+                    help=f"sentences per word for each direction (default {SENTENCES})")
     ap.add_argument("--out")
     ap.add_argument("--json")
     ap.add_argument("--comfyui")
@@ -252,9 +256,9 @@ def run(args):
         if (source, target) not in directions:
             directions[(source, target)] = call(
                 "P2PZ_BuildDirection", clip=clip, source=source, target=target, sentence_source="custom",
-                count=SENTENCES, seed=0, kind="auto",
-                source_sentences="\n".join(render.concept_sentences(source, SENTENCES)),
-                target_sentences="\n".join(render.concept_sentences(target, SENTENCES)))[0]
+                count=args.sentences, seed=0, kind="auto",
+                source_sentences="\n".join(render.concept_sentences(source, args.sentences)),
+                target_sentences="\n".join(render.concept_sentences(target, args.sentences)))[0]
         return directions[(source, target)]
 
     def timed(node, **inputs):
@@ -336,9 +340,12 @@ def run(args):
         recons = torch.cat([rows[i]["reconstruction"] for i in with_rec])
         read_rec = predict(judge, recons)
         rec_psnr = psnr(recons.permute(0, 3, 1, 2), inputs[with_rec].permute(0, 3, 1, 2))
+        rec_iou = mask_iou(read_in["mask"][with_rec], read_rec["mask"])
         for j, i in enumerate(with_rec):
             rows[i].update(reconstruction_psnr=float(rec_psnr[j]),
-                           reconstruction_right=all(read_rec[a][j] == rows[i]["truth"][a] for a in render.ATTRIBUTES))
+                           reconstruction_right=all(read_rec[a][j] == rows[i]["truth"][a] for a in render.ATTRIBUTES),
+                           reconstruction_reads={a: read_rec[a][j] for a in render.ATTRIBUTES},
+                           reconstruction_iou=float(rec_iou[j]))
     for i, r in enumerate(rows):
         others = [a for a in render.ATTRIBUTES if a != r["kind"]]
         r.update(accurate=read_ed[r["kind"]][i] == r["target"],
@@ -346,7 +353,8 @@ def run(args):
                  kept_fraction=float(np.mean([read_ed[a][i] == r["truth"][a] for a in others])),
                  iou=float(iou[i]), edges=float(edges[i]), background_psnr=float(bg[i]),
                  edited_reads=read_ed[r["kind"]][i],
-                 input_right=all(read_in[a][i] == r["truth"][a] for a in render.ATTRIBUTES))
+                 input_right=all(read_in[a][i] == r["truth"][a] for a in render.ATTRIBUTES),
+                 input_reads={a: read_in[a][i] for a in render.ATTRIBUTES})
 
     summary = {"checkpoint": os.path.abspath(args.ckpt), "model": type(model.model.model_config).__name__,
                "images": len(images), "steps": args.steps, "cfg": args.cfg,

@@ -16,7 +16,8 @@ rms(regenerated - latent) / rms(latent), the ratio to first-order at the same st
 --world CKPT (repeatable): a learned-world checkpoint (world.sd15 / world.sd3, trained on the world's renders), loaded
 by stock CheckpointLoaderSimple; its latents are VAEEncode of 4 held-out renders (the test split) and its conditioning
 their captions through CLIPTextEncode; regenerated with ddim (SD 1.x) or euler (SD 3.x), cfg 1, as above; steps 10,
-20, 50. A trained model's smooth velocity / noise field is the case issue 26's bar is about.
+20, 50 (--world-steps N ...: others). A trained model's smooth velocity / noise field is the case issue 26's bar is
+about.
 """
 import argparse
 import json
@@ -97,6 +98,8 @@ def main(argv=None):
                          "expected to be exact: the regularization moves the noise on purpose")
     ap.add_argument("--world", action="append", default=[], metavar="CKPT",
                     help="also a learned-world checkpoint (world/), on held-out renders; repeatable")
+    ap.add_argument("--world-steps", nargs="+", type=int, default=list(WORLD_STEPS),
+                    help=f"step counts for the --world checkpoints (default {' '.join(map(str, WORLD_STEPS))})")
     ap.add_argument("--json", default=None, help="also write the table as JSON here")
     args = ap.parse_args(argv)
     import torch
@@ -107,7 +110,7 @@ def main(argv=None):
     rows = []
     with torch.inference_mode():
         for family in args.families + [os.path.abspath(w) for w in args.world]:
-            for steps in (WORLD_STEPS if family.endswith(".safetensors") else STEPS[family]):
+            for steps in (args.world_steps if family.endswith(".safetensors") else STEPS[family]):
                 first = None
                 for n in args.iterations:
                     err = round_trip(family, steps, n, args.regularize)
