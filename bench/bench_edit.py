@@ -181,7 +181,8 @@ def run_ours(args, weights_path, cfg, instrument=None):
         meter.start()
         inverted, _ = comfy_host.call_node(
             "P2PZ_InvertLatent", model=patcher, conditioning=positive, latent=image, steps=args.steps,
-            schedule="diffusers", lambda_ac=20.0, lambda_kl=20.0, reg_steps=5, ac_rolls=5, seed=0)
+            schedule="diffusers", lambda_ac=20.0, lambda_kl=20.0, reg_steps=5, ac_rolls=5, seed=0,
+            fixed_point_iters=0)  # first-order, as diffusers' side and the paper (the node's default solves each step)
         out, _ = comfy_host.call_node(
             "P2PZ_GuidedEdit", model=patcher, positive=positive, inverted_latent=inverted, steps=args.steps, cfg=5.0,
             lambda_xa=0.1, guidance="references", edited_positive=edited)

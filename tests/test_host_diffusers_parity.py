@@ -42,8 +42,10 @@ def test_inversion_matches_diffusers_on_shared_weights(comfy, tiny_sd15_objects,
     cond = comfy.call_node("CLIPTextEncode", clip=clip, text="a photo of a cat")[0]
     latent = {"samples": torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0)) * 2.0}
 
+    # fixed_point_iters 0: diffusers' inversion is the paper's first-order one (the node's default solves each step)
     inverted, _ = comfy.call_node("P2PZ_InvertLatent", model=model, conditioning=cond, latent=latent, steps=steps,
-                                  schedule="diffusers", lambda_ac=0.0, lambda_kl=0.0, reg_steps=5, ac_rolls=5, seed=0)
+                                  schedule="diffusers", lambda_ac=0.0, lambda_kl=0.0, reg_steps=5, ac_rolls=5, seed=0,
+                                  fixed_point_iters=0)
     scale = model.get_model_object("latent_format").scale_factor
     ours = inverted["samples"] * scale  # ComfyUI's sigma space
     sigma_last = float(inverted["p2pz_inversion"]["levels"][-1])

@@ -148,9 +148,13 @@ def test_authors_schedule_runs_steps_minus_two_calls(comfy, tiny_sd15_objects, p
     calls = []
     m = model.clone()
     m.set_model_unet_function_wrapper(lambda apply, args: calls.append(1) or apply(args["input"], args["timestep"], **args["c"]))
-    out, sigmas = _invert(comfy, m, cond, latent, steps=10, schedule="authors")
+    out, sigmas = _invert(comfy, m, cond, latent, steps=10, schedule="authors", fixed_point_iters=0)
     assert len(calls) == 8 and out["p2pz_inversion"]["timesteps"] == list(range(101, 802, 100))
     assert len(sigmas) == 9 and sigmas[-1] == 0
+    # the default (one fixed-point iteration) costs one more call on every step of the same schedule
+    calls.clear()
+    out, _ = _invert(comfy, m, cond, latent, steps=10, schedule="authors")
+    assert len(calls) == 16 and out["p2pz_inversion"]["fixed_point_iters"] == 1
 
 
 def test_bad_inputs_get_clear_errors(comfy, tiny_sd15_objects, pack_nodes):

@@ -36,8 +36,10 @@ def flow(request, comfy, pack_nodes):
 
 
 def _invert(comfy, model, cond, latent, steps=STEPS):
+    # first-order (fixed_point_iters 0), the inversion these guidance tests were written on: they isolate the guidance
     return comfy.call_node("P2PZ_InvertLatent", model=model, conditioning=cond, latent=latent, steps=steps,
-                           schedule="diffusers", lambda_ac=0.0, lambda_kl=0.0, reg_steps=0, ac_rolls=0, seed=0)
+                           schedule="diffusers", lambda_ac=0.0, lambda_kl=0.0, reg_steps=0, ac_rolls=0, seed=0,
+                           fixed_point_iters=0)
 
 
 def _options(comfy, fraction=1.0, stride=1, checkpoint=True):

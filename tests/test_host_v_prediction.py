@@ -76,7 +76,7 @@ def _diffusers_invert(comfy_model, latent, context, steps, dtype, eval_level=Fal
 def _invert_node(comfy, model, caption, latent, steps):
     inverted = comfy.call_node("P2PZ_InvertLatent", model=model, conditioning=caption, latent={"samples": latent},
                                steps=steps, schedule="diffusers", lambda_ac=0.0, lambda_kl=0.0, reg_steps=5,
-                               ac_rolls=5, seed=0)[0]
+                               ac_rolls=5, seed=0, fixed_point_iters=0)[0]  # first-order, as diffusers' invert()
     return inverted
 
 
