@@ -115,8 +115,8 @@ class InvertLatent:
                 "ac_rolls": ("INT", {"default": 5, "min": 0, "max": 50, "tooltip": "Auto-correlation gradient steps (each with fresh random shifts) per iteration (5)."}),
                 "seed": SEED_INPUT,
             },
-            # optional and last, so workflows and API prompts saved before it existed load unchanged (they get the
-            # default)
+            # optional and last, so workflows and API prompts saved before it existed still load (they get the
+            # default, 1 since 2026-12-07, 0 before: docs/nodes.md says so)
             "optional": {
                 "fixed_point_iters": ("INT", {"default": DEFAULT_FIXED_POINT_ITERS, "min": 0, "max": 10, "tooltip": "1 (default): solve each inversion step as the exact inverse of the sampler's step, with one fixed-point iteration (one more model call per step): with the regularization off, the regeneration lands about 6x or more closer to the image at 50 steps. 2-3: closer still at fewer steps (each one more call per step). 0: the paper's first-order inversion (one call per step, as diffusers), which only approximates the sampler's step. Measurements: bench/README.md, Exact inversion."}),
             },
