@@ -342,19 +342,20 @@ def run(args):
         rec_psnr = psnr(recons.permute(0, 3, 1, 2), inputs[with_rec].permute(0, 3, 1, 2))
         rec_iou = mask_iou(read_in["mask"][with_rec], read_rec["mask"])
         for j, i in enumerate(with_rec):
-            rows[i].update(reconstruction_psnr=float(rec_psnr[j]),
-                           reconstruction_right=all(read_rec[a][j] == rows[i]["truth"][a] for a in render.ATTRIBUTES),
-                           reconstruction_reads={a: read_rec[a][j] for a in render.ATTRIBUTES},
+            reads = {a: read_rec[a][j] for a in render.ATTRIBUTES}
+            rows[i].update(reconstruction_psnr=float(rec_psnr[j]), reconstruction_reads=reads,
+                           reconstruction_right=all(reads[a] == rows[i]["truth"][a] for a in render.ATTRIBUTES),
                            reconstruction_iou=float(rec_iou[j]))
     for i, r in enumerate(rows):
         others = [a for a in render.ATTRIBUTES if a != r["kind"]]
+        input_reads = {a: read_in[a][i] for a in render.ATTRIBUTES}
         r.update(accurate=read_ed[r["kind"]][i] == r["target"],
                  kept=all(read_ed[a][i] == r["truth"][a] for a in others),
                  kept_fraction=float(np.mean([read_ed[a][i] == r["truth"][a] for a in others])),
                  iou=float(iou[i]), edges=float(edges[i]), background_psnr=float(bg[i]),
                  edited_reads=read_ed[r["kind"]][i],
-                 input_right=all(read_in[a][i] == r["truth"][a] for a in render.ATTRIBUTES),
-                 input_reads={a: read_in[a][i] for a in render.ATTRIBUTES})
+                 input_reads=input_reads,
+                 input_right=all(input_reads[a] == r["truth"][a] for a in render.ATTRIBUTES))
 
     summary = {"checkpoint": os.path.abspath(args.ckpt), "model": type(model.model.model_config).__name__,
                "images": len(images), "steps": args.steps, "cfg": args.cfg,
