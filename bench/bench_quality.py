@@ -45,7 +45,10 @@ Reported per method and edit kind (the judge reads every image):
   judge reads on input and reconstruction and the reconstruction's mask IoU (the most an edit can keep);
 - model calls per edit in forward-equivalents (``GRADIENT_PASS_COST``), inversion included, and seconds per edit;
 - direction reach (text space, the same for every method): the fraction of the caption -> edited caption distance
-  that adding the direction closes (``direction_reach``).
+  that adding the direction closes (``direction_reach``);
+- the guidance's push (methods with lambda_xa > 0): the median over guided steps of the edited latent's step
+  relative to the latent, and of the map loss that drives it (``recorded_gradient_steps``; each row's JSON has
+  every step).
 A grid (input, reconstruction, one edit per method) goes to --out as grid.png, the table as table.md.
 """
 from __future__ import annotations
@@ -146,6 +149,30 @@ def scaled_lambda(comfy_host, scale):
         yield
     finally:
         for seam in seams:
+            seam.guided_edit = inner
+
+
+@contextlib.contextmanager
+def recorded_gradient_steps(comfy_host, sink):
+    """Within the block, every gradient step of Guided Edit's loop appends to `sink` the edited branch's step size
+    relative to its latent, |x' - x| / |x|, and its map loss before the step (core.guidance's public observer
+    on_gradient_step, on both seams): how hard the guidance pushes on this model, comparable across families since
+    both are ratios within the family's own sampling space."""
+    seams = [comfy_host.pack_import(f"nodes.{name}") for name in ("guided_unet", "guided_flow")]
+    inners = [seam.guided_edit for seam in seams]
+
+    def observe(x, stepped, losses):
+        if "edited" in stepped:
+            x64 = x.double()
+            sink.append({"relative_step": float((stepped["edited"].double() - x64).norm() / x64.norm()),
+                         "map_loss": float(losses.get("edited", float("nan")))})
+
+    for seam, inner in zip(seams, inners):
+        seam.guided_edit = lambda *a, _inner=inner, **k: _inner(*a, **dict(k, on_gradient_step=observe))
+    try:
+        yield
+    finally:
+        for seam, inner in zip(seams, inners):
             seam.guided_edit = inner
 
 
@@ -285,6 +312,7 @@ def run(args):
             for name in args.methods:
                 m = METHODS[name]
                 recon, inv_calls, inv_seconds = None, 0.0, 0.0
+                gradient_steps = []  # the guidance's steps on the edited branch (p2pz methods with lambda_xa > 0)
                 if m["kind"] in ("p2pz", "prompt_swap"):
                     key = (m["regularize"], m["fixed_point_iters"])
                     if key not in inverted:
@@ -302,7 +330,8 @@ def run(args):
                     if "guided_fraction" in m:  # Guided Edit Options; without it each family's default
                         (edit["options"],) = call("P2PZ_GuidedEditOptions", guided_fraction=m["guided_fraction"],
                                                   block_stride=1, checkpoint_blocks=True)
-                    with scaled_lambda(comfy_host, m.get("lambda_scale", 1.0)):
+                    with scaled_lambda(comfy_host, m.get("lambda_scale", 1.0)), \
+                            recorded_gradient_steps(comfy_host, gradient_steps):
                         (edited, recon), calls, seconds = timed(
                             "P2PZ_GuidedEdit", model=model, positive=positive, inverted_latent=inv,
                             steps=args.steps, cfg=args.cfg, lambda_xa=m["lambda_xa"], guidance="references", **edit)
@@ -323,7 +352,8 @@ def run(args):
                 rows.append({"image": n, "kind": kind, "method": name, "source": source, "target": target,
                              "truth": truth, "input": pixels, "input_mask": torch.from_numpy(item["mask"])[None],
                              "edited": edited_img.float().cpu(), "reconstruction": recon_img,
-                             "calls": inv_calls + calls, "seconds": inv_seconds + seconds, "reach": reach})
+                             "calls": inv_calls + calls, "seconds": inv_seconds + seconds, "reach": reach,
+                             "gradient_steps": gradient_steps})
         print(f"[{time.monotonic() - started:6.0f} s] image {n + 1}/{len(images)}: {item['caption']!r}",
               flush=True)
 
@@ -371,6 +401,10 @@ def run(args):
                    "calls_per_edit": mean("calls"), "calls_per_step": round(mean("calls") / args.steps, 2),
                    "seconds_per_edit": mean("seconds"), "direction_reach": mean("reach"), "n": len(sel),
                    "edited_reads": {v: sum(r["edited_reads"] == v for r in sel) for v in render.ATTRIBUTES[kind]}}
+            steps = [g for r in sel for g in r["gradient_steps"]]
+            if steps:  # medians over every guided step of every edit: the step the guidance takes, and what drives it
+                res.update(relative_step_median=float(np.median([g["relative_step"] for g in steps])),
+                           map_loss_median=float(np.median([g["map_loss"] for g in steps])))
             if "reconstruction_psnr" in sel[0]:
                 res.update(reconstruction_psnr=mean("reconstruction_psnr"),
                            reconstruction_right=mean("reconstruction_right"))
@@ -389,13 +423,14 @@ def run(args):
 
 def markdown_table(summary):
     head = ("| method / edit | edit accuracy | kept (other 4) | both | mask IoU | edge corr. | background PSNR | "
-            "reconstruction PSNR | calls / edit | s / edit |")
-    lines = [head, "|" + " --- |" * 10]
+            "reconstruction PSNR | calls / edit | s / edit | guidance step / latent |")
+    lines = [head, "|" + " --- |" * 11]
     for key, r in summary["results"].items():
         rec = f"{r['reconstruction_psnr']:.1f} dB" if "reconstruction_psnr" in r else ""
+        push = f"{r['relative_step_median']:.1e}" if "relative_step_median" in r else ""
         lines.append(f"| {key} | {r['edit_accuracy']:.0%} | {r['kept']:.0%} | {r['both']:.0%} | {r['mask_iou']:.2f} | "
                      f"{r['edge_correlation']:.2f} | {r['background_psnr']:.1f} dB | {rec} | {r['calls_per_edit']:.0f} | "
-                     f"{r['seconds_per_edit']:.1f} |")
+                     f"{r['seconds_per_edit']:.1f} | {push} |")
     return "\n".join(lines)
 
 
