@@ -1,0 +1,160 @@
+"""Do the edits do what they are for on a model that knows something? (issue 28) pix2pix-zero's colour edit on the
+learned world: the edit happens, the object stays where it was, and the cross-attention guidance keeps more of it
+than the same edit without guidance.
+
+The world is trained, not shipped: no weights are committed, and CI cannot afford to train it (about 4.5 hours
+on 2 cores; a CI-sized world does not keep structure well enough to test the guidance: bench/README.md, "A CI-sized
+world"). So these tests run on a world you have built, in one of two ways:
+
+- P2PZ_BUILD_WORLD=1: the tests build it into the test cache ($P2PZ_TEST_CACHE/world-full) on first use, with the
+  commands below, and reuse it afterwards (an interrupted build resumes where it stopped);
+- P2PZ_WORLD=DIR: a world built before, a folder holding judge.safetensors, checkpoints/world-sd15.safetensors and
+  checkpoints/world-sd3.safetensors, made by
+
+      python -m world.train --out DIR                            # judge, VAE, SD 1.x UNet, SD 3.x MMDiT (4,000 steps)
+      python -m world.train --out DIR --part sd3 --steps 6500    # resumed: the SD 3.x model of bench/README.md's tables
+
+Without either they are skipped, saying so (as in CI). The edits are bench/bench_quality.py's, run as their own process
+as a user runs them (the pack's nodes through ComfyUI, as a user wires them); the judge reads them. The floors are
+argued beside each assertion from what an edit that fails would score; the measured figures are printed, and
+bench/README.md ("The world quality test") gives them for the checkpoints of its tables.
+"""
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+pytestmark = pytest.mark.host
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+IMAGES = 16      # held-out renders (attribute combinations never trained on), each edited once along colour
+STEPS = 20
+SENTENCES = 200  # per word for each direction, as the benchmark's tables
+
+
+SD3_STEPS = 6500  # the SD 3.x checkpoint of bench/README.md's tables: the default 4,000 steps, resumed to 6,500
+
+
+@pytest.fixture(scope="module")
+def world_dir():
+    """The learned world's folder: $P2PZ_WORLD, or built into the test cache with P2PZ_BUILD_WORLD=1, else a skip."""
+    if os.environ.get("P2PZ_WORLD"):
+        return os.environ["P2PZ_WORLD"]
+    if os.environ.get("P2PZ_BUILD_WORLD") != "1":
+        pytest.skip("needs a learned world: set P2PZ_BUILD_WORLD=1 to build one into the test cache (about 4.5 hours "
+                    "on 2 cores), or P2PZ_WORLD to a folder built with python -m world.train (this file's docstring)")
+    from conftest import _comfyui_path, host_cache_dir
+    out = os.path.join(host_cache_dir(), "world-full")
+    log = os.path.join(host_cache_dir(), "world-full-build.log")
+    train = [sys.executable, "-m", "world.train", "--out", out, "--comfyui", _comfyui_path()]
+    _run(train, log, "building the learned world")  # every part resumes; a finished part is skipped
+    try:
+        with open(os.path.join(out, "checkpoints", "world-sd3.json")) as f:
+            sd3_steps = json.load(f)["steps"]
+    except (OSError, ValueError, KeyError):
+        sd3_steps = 0
+    if sd3_steps < SD3_STEPS:
+        _run(train + ["--part", "sd3", "--steps", str(SD3_STEPS)], log, "resuming the SD 3.x model")
+    return out
+
+
+def _world_file(world, *parts):
+    path = os.path.join(world, *parts)
+    if not os.path.isfile(path):
+        pytest.skip(f"{world} has no {os.path.join(*parts)}: build it with the commands in this file's docstring")
+    return path
+
+
+def _run(cmd, log_path, what):
+    """Runs a command of this repository as its own process (as a user runs it), its output appended to log_path."""
+    with open(log_path, "a") as log:
+        proc = subprocess.run(cmd, cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO), stdout=log,
+                              stderr=subprocess.STDOUT, check=False)
+    if proc.returncode != 0:
+        with open(log_path) as f:
+            pytest.fail(f"{what} failed (exit {proc.returncode}); the end of {log_path}:\n{f.read()[-4000:]}")
+
+
+def _edit_report(ckpt, judge, methods, tmp_path):
+    """bench_quality.py's JSON report for IMAGES colour edits by each method, run as its own process."""
+    from conftest import _comfyui_path
+    report_path, log_path = str(tmp_path / "quality.json"), str(tmp_path / "quality.log")
+    cmd = [sys.executable, os.path.join("bench", "bench_quality.py"), "--ckpt", ckpt, "--judge", judge,
+           "--images", str(IMAGES), "--edits", "colour", "--methods", *methods, "--steps", str(STEPS),
+           "--sentences", str(SENTENCES), "--comfyui", _comfyui_path(), "--json", report_path]
+    t0 = time.monotonic()
+    _run(cmd, log_path, "bench_quality.py")
+    with open(report_path) as f:
+        report = json.load(f)
+    rows = {(r["image"], r["method"]): r for r in report["rows"]}
+    print(f"\n{os.path.basename(ckpt)}: {IMAGES} colour edits in {time.monotonic() - t0:.0f} s; judge right on "
+          f"{report['summary']['judge_on_inputs']:.0%} of the inputs")
+    for m in methods:
+        print(f"  {m}: {json.dumps(report['summary']['results'][f'{m}/colour'])}")
+    return rows
+
+
+def _check_world_knows_colour(rows, method):
+    """The world must know what it is tested on, or nothing after means anything: the judge reads every held-out
+    input's colour (renders, its own domain; it reads colour right on all of its test renders), and the reconstruction
+    (Guided Edit's second output: the inversion regenerated with the caption) keeps the source colour on at least
+    three quarters of the images. A model that never learned colour keeps it at chance (1 in 4)."""
+    inputs = [rows[(i, method)] for i in range(IMAGES)]
+    misread = [r["image"] for r in inputs if r["input_reads"]["colour"] != r["truth"]["colour"]]
+    assert not misread, f"the judge misreads the colour of held-out inputs {misread}: retrain the judge"
+    kept = sum(r["reconstruction_reads"]["colour"] == r["truth"]["colour"] for r in inputs)
+    assert kept >= 0.75 * IMAGES, f"the reconstructions keep the colour on {kept} of {IMAGES}: the world is undertrained"
+
+
+def _check_edit_happens(rows, method, measured):
+    """The edit happens: a direction that does nothing leaves every edit at the source colour (as the reconstructions
+    are), accuracy 0. Floor: at least one of the 16 edits reads the target colour; at the measured rate p per edit, a
+    working edit scores 0 of 16 with probability (1 - p)^16 (p = 0.31: 0.003)."""
+    accurate = sum(rows[(i, method)]["accurate"] for i in range(IMAGES))
+    assert accurate >= 1, (f"{method}: no colour edit of {IMAGES} reads the target colour (measured on the tables' "
+                           f"checkpoint: {measured:.0%})")
+
+
+def _paired_iou_gain(rows, guided, unguided):
+    gains = [rows[(i, guided)]["iou"] - rows[(i, unguided)]["iou"] for i in range(IMAGES)]
+    return sum(gains) / IMAGES, gains
+
+
+def test_sd15_world_colour_edit_keeps_structure_with_guidance(world_dir, tmp_path):
+    ckpt = _world_file(world_dir, "checkpoints", "world-sd15.safetensors")
+    judge = _world_file(world_dir, "judge.safetensors")
+    rows = _edit_report(ckpt, judge, ["paper", "no_guidance"], tmp_path)
+    _check_world_knows_colour(rows, "paper")
+    _check_edit_happens(rows, "paper", 0.31)
+
+    # The object stays where it was: mean IoU of the judge's object masks (input, edit) at least 0.5. Methods that
+    # repaint the object from the edited caption (prompt swap, SDEdit) reach 0.16-0.25 on this world, the paper's edit
+    # 0.65 (the 4,572-step checkpoint), the judge's masks of one render against another of the same object 0.89.
+    mean_iou = sum(rows[(i, "paper")]["iou"] for i in range(IMAGES)) / IMAGES
+    assert mean_iou >= 0.5, f"pix2pix-zero's colour edits keep mask IoU {mean_iou:.2f} (prompt swap: 0.16)"
+
+    # What the guidance is for: it keeps more of the structure than the same edit with lambda_xa 0 (the same inversion,
+    # direction and sampler). lambda 0 and a guidance that no longer acts give the same edit (gain 0), so
+    # this fails if the guidance stops acting or pushes the wrong way. Measured: gain >= 0 on all 16 images, mean 0.20.
+    mean_gain, gains = _paired_iou_gain(rows, "paper", "no_guidance")
+    assert mean_gain > 0, f"the guidance's mask-IoU gain over lambda 0, per image: {[round(g, 3) for g in gains]}"
+
+
+def test_sd3_world_joint_attention_guidance_keeps_structure(world_dir, tmp_path):
+    """The SD 3.x path on the world's MMDiT. At the default lambda_xa 0.1 the joint-attention guidance moves this
+    model's latent too little to change an edit (bench/README.md, "Edit quality on the SD 3.x world"), so what is
+    tested is that the guidance acts the right way when strong enough: the loop at 10 times the input's largest
+    strength on every step (bench_quality's lambda_10_all_steps) against lambda 0. The default is not asserted to
+    gain anything: on this world it does not, and that is recorded there."""
+    ckpt = _world_file(world_dir, "checkpoints", "world-sd3.safetensors")
+    judge = _world_file(world_dir, "judge.safetensors")
+    rows = _edit_report(ckpt, judge, ["lambda_10_all_steps", "no_guidance"], tmp_path)
+    _check_world_knows_colour(rows, "lambda_10_all_steps")
+    _check_edit_happens(rows, "lambda_10_all_steps", 0.31)
+    # the same argument as the SD 1.x test: a guidance that does not act gives gain 0 exactly. Measured on the
+    # 6,500-step checkpoint: mean IoU 0.58 against 0.48.
+    mean_gain, gains = _paired_iou_gain(rows, "lambda_10_all_steps", "no_guidance")
+    assert mean_gain > 0, f"the guidance's mask-IoU gain over lambda 0, per image: {[round(g, 3) for g in gains]}"
