@@ -118,9 +118,21 @@ def _check_edit_happens(rows, method, measured):
                            f"checkpoint: {measured:.0%})")
 
 
-def _paired_iou_gain(rows, guided, unguided):
-    gains = [rows[(i, guided)]["iou"] - rows[(i, unguided)]["iou"] for i in range(IMAGES)]
-    return sum(gains) / IMAGES, gains
+# The least mean mask-IoU gain that counts as the guidance acting. A guidance that does not act gives gain 0 (lambda 0
+# runs the same inversion, direction and sampler); one that acts too weakly to matter moves it by about 0.01 at most
+# (the SD 3.x world at lambda 0.05-0.4: mask IoU 0.48-0.49 against 0.48 at lambda 0). 0.03 is three times that, and
+# a third of the smallest gain measured where the guidance works (0.10 on SD 3.x at lambda 10; 0.20 on SD 1.x).
+MIN_GUIDANCE_GAIN = 0.03
+
+
+def _check_guidance_gains(rows, guided):
+    """The guided edit keeps more of the object than the same edit at lambda_xa 0: mean paired mask-IoU gain."""
+    gains = [rows[(i, guided)]["iou"] - rows[(i, "no_guidance")]["iou"] for i in range(IMAGES)]
+    mean_gain = sum(gains) / IMAGES
+    print(f"  {guided}: mask-IoU gain over lambda 0, mean {mean_gain:.3f}, per image {[round(g, 3) for g in gains]}")
+    assert mean_gain >= MIN_GUIDANCE_GAIN, (f"{guided} keeps mask IoU {mean_gain:+.3f} over lambda 0 on average "
+                                            f"(at least {MIN_GUIDANCE_GAIN} wanted); per image: "
+                                            f"{[round(g, 3) for g in gains]}")
 
 
 def test_sd15_world_colour_edit_keeps_structure_with_guidance(world_dir, tmp_path):
@@ -132,15 +144,13 @@ def test_sd15_world_colour_edit_keeps_structure_with_guidance(world_dir, tmp_pat
 
     # The object stays where it was: mean IoU of the judge's object masks (input, edit) at least 0.5. Methods that
     # repaint the object from the edited caption (prompt swap, SDEdit) reach 0.16-0.25 on this world, the paper's edit
-    # 0.65 (the 4,572-step checkpoint), the judge's masks of one render against another of the same object 0.89.
+    # 0.65 (the 4,572-step checkpoint); the judge's mask against a render's true mask 0.94 (its test report).
     mean_iou = sum(rows[(i, "paper")]["iou"] for i in range(IMAGES)) / IMAGES
     assert mean_iou >= 0.5, f"pix2pix-zero's colour edits keep mask IoU {mean_iou:.2f} (prompt swap: 0.16)"
 
     # What the guidance is for: it keeps more of the structure than the same edit with lambda_xa 0 (the same inversion,
-    # direction and sampler). lambda 0 and a guidance that no longer acts give the same edit (gain 0), so
-    # this fails if the guidance stops acting or pushes the wrong way. Measured: gain >= 0 on all 16 images, mean 0.20.
-    mean_gain, gains = _paired_iou_gain(rows, "paper", "no_guidance")
-    assert mean_gain > 0, f"the guidance's mask-IoU gain over lambda 0, per image: {[round(g, 3) for g in gains]}"
+    # direction and sampler). Measured: mean gain 0.20 (>= 0 on all 16 images).
+    _check_guidance_gains(rows, "paper")
 
 
 def test_sd3_world_joint_attention_guidance_keeps_structure(world_dir, tmp_path):
@@ -154,7 +164,5 @@ def test_sd3_world_joint_attention_guidance_keeps_structure(world_dir, tmp_path)
     rows = _edit_report(ckpt, judge, ["lambda_10_all_steps", "no_guidance"], tmp_path)
     _check_world_knows_colour(rows, "lambda_10_all_steps")
     _check_edit_happens(rows, "lambda_10_all_steps", 0.31)
-    # the same argument as the SD 1.x test: a guidance that does not act gives gain 0 exactly. Measured on the
-    # 6,500-step checkpoint: mean IoU 0.58 against 0.48.
-    mean_gain, gains = _paired_iou_gain(rows, "lambda_10_all_steps", "no_guidance")
-    assert mean_gain > 0, f"the guidance's mask-IoU gain over lambda 0, per image: {[round(g, 3) for g in gains]}"
+    # Measured on the 6,500-step checkpoint: mean IoU 0.58 against 0.48 (gain 0.10).
+    _check_guidance_gains(rows, "lambda_10_all_steps")
