@@ -135,45 +135,45 @@ def held_out_images(count, seed=0):
 
 
 @contextlib.contextmanager
-def scaled_lambda(comfy_host, scale):
-    """Within the block, Guided Edit's loop (core.guidance.guided_edit, as both seams call it) runs at its lambda_xa
-    times `scale`: an experiment beyond the widget's range, for the benchmark only."""
-    if scale == 1.0:
-        yield
-        return
+def _guided_edit_kwargs(comfy_host, change):
+    """Within the block, both seams (nodes.guided_unet, nodes.guided_flow) call Guided Edit's loop
+    (core.guidance.guided_edit) with its keyword arguments passed through `change` (kwargs -> kwargs)."""
     seams = [comfy_host.pack_import(f"nodes.{name}") for name in ("guided_unet", "guided_flow")]
-    inner = seams[0].guided_edit
-    for seam in seams:
-        seam.guided_edit = lambda *a, **k: inner(*a, **dict(k, lambda_xa=k["lambda_xa"] * scale))
+    inners = [seam.guided_edit for seam in seams]
+    for seam, inner in zip(seams, inners):
+        seam.guided_edit = lambda *a, _inner=inner, **k: _inner(*a, **change(k))
     try:
         yield
     finally:
-        for seam in seams:
+        for seam, inner in zip(seams, inners):
             seam.guided_edit = inner
+
+
+@contextlib.contextmanager
+def scaled_lambda(comfy_host, scale):
+    """Within the block, Guided Edit's loop runs at its lambda_xa times `scale`: an experiment beyond the widget's
+    range, for the benchmark only."""
+    if scale == 1.0:
+        yield
+        return
+    with _guided_edit_kwargs(comfy_host, lambda k: dict(k, lambda_xa=k["lambda_xa"] * scale)):
+        yield
 
 
 @contextlib.contextmanager
 def recorded_gradient_steps(comfy_host, sink):
     """Within the block, every gradient step of Guided Edit's loop appends to `sink` the edited branch's step size
     relative to its latent, |x' - x| / |x|, and its map loss before the step (core.guidance's public observer
-    on_gradient_step, on both seams): how hard the guidance pushes on this model, comparable across families since
-    both are ratios within the family's own sampling space."""
-    seams = [comfy_host.pack_import(f"nodes.{name}") for name in ("guided_unet", "guided_flow")]
-    inners = [seam.guided_edit for seam in seams]
-
+    on_gradient_step): how hard the guidance pushes on this model, comparable across families since both are ratios
+    within the family's own sampling space."""
     def observe(x, stepped, losses):
         if "edited" in stepped:
             x64 = x.double()
             sink.append({"relative_step": float((stepped["edited"].double() - x64).norm() / x64.norm()),
                          "map_loss": float(losses.get("edited", float("nan")))})
 
-    for seam, inner in zip(seams, inners):
-        seam.guided_edit = lambda *a, _inner=inner, **k: _inner(*a, **dict(k, on_gradient_step=observe))
-    try:
+    with _guided_edit_kwargs(comfy_host, lambda k: dict(k, on_gradient_step=observe)):
         yield
-    finally:
-        for seam, inner in zip(seams, inners):
-            seam.guided_edit = inner
 
 
 def edited_caption(caption, source, target):
