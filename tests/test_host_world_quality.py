@@ -33,8 +33,6 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IMAGES = 16      # held-out renders (attribute combinations never trained on), each edited once along colour
 STEPS = 20
 SENTENCES = 200  # per word for each direction, as the benchmark's tables
-
-
 SD3_STEPS = 6500  # the SD 3.x checkpoint of bench/README.md's tables: the default 4,000 steps, resumed to 6,500
 
 
