@@ -2,25 +2,28 @@
 learned world: the edit happens, the object stays where it was, and the cross-attention guidance keeps more of it
 than the same edit without guidance.
 
-The world is trained, not shipped: no weights are committed, and CI cannot afford to train it (about 5 hours
-on 2 cores; a CI-sized world does not keep structure well enough to test the guidance: bench/README.md, "A CI-sized
-world"). So these tests run on a world you have built, in one of two ways:
+The world is trained, not shipped: no weights are committed. CI trains a reduced world on every clean run (about 17
+minutes on 2 cores; test_reduced_world_colour_edit, at the end): its edits happen and keep an object, but it does not
+keep structure well enough to test the guidance (bench/README.md, "A CI-sized world"). The full world, which does,
+takes about 5 hours on 2 cores, so its tests run on a world you have built, in one of two ways:
 
 - P2PZ_BUILD_WORLD=1: the tests build it into the test cache ($P2PZ_TEST_CACHE/world-full) on first use, with the
   commands below, and reuse it afterwards (an interrupted build resumes where it stopped);
 - P2PZ_WORLD=DIR: a world built before, a folder holding judge.safetensors, checkpoints/world-sd15.safetensors and
   checkpoints/world-sd3.safetensors, made by
 
-      python -m world.train --out DIR                            # judge, VAE, SD 1.x UNet, SD 3.x MMDiT (4,000 steps)
-      python -m world.train --out DIR --part sd3 --steps 6500    # resumed: the SD 3.x model of bench/README.md's tables
+      python -m world.train --out DIR    # judge, VAE, SD 1.x UNet (4,600 steps), SD 3.x MMDiT (8,000 steps)
 
 Without either they are skipped, saying so (as in CI). The edits are bench/bench_quality.py's, run as their own process
 as a user runs them (the pack's nodes through ComfyUI, as a user wires them); the judge reads them. The floors are
 argued beside each assertion from what an edit that fails would score; the measured figures are printed, and
 bench/README.md ("The world quality test") gives them for the checkpoints of its tables.
 """
+import glob
+import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -33,7 +36,6 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IMAGES = 16      # held-out renders (attribute combinations never trained on), each edited once along colour
 STEPS = 20
 SENTENCES = 200  # per word for each direction, as the benchmark's tables
-SD3_STEPS = 6500  # the SD 3.x checkpoint of bench/README.md's tables: the default 4,000 steps, resumed to 6,500
 
 
 @pytest.fixture(scope="module")
@@ -49,13 +51,17 @@ def world_dir():
     log = os.path.join(host_cache_dir(), "world-full-build.log")
     train = [sys.executable, "-m", "world.train", "--out", out, "--comfyui", _comfyui_path()]
     _run(train, log, "building the learned world")  # every part resumes; a finished part is skipped
-    try:
-        with open(os.path.join(out, "checkpoints", "world-sd3.json")) as f:
-            sd3_steps = json.load(f)["steps"]
-    except (OSError, ValueError, KeyError):
-        sd3_steps = 0
-    if sd3_steps < SD3_STEPS:
-        _run(train + ["--part", "sd3", "--steps", str(SD3_STEPS)], log, "resuming the SD 3.x model")
+    # A world built before a model's default grew (SD 1.x 800 -> 4,600 steps, SD 3.x 4,000 -> 8,000, 2026-12-07)
+    # has that part's report at the old length, and world.train skips a finished part: resume it to the default
+    from world import sd3, sd15
+    for part, module in (("sd15", sd15), ("sd3", sd3)):
+        try:
+            with open(os.path.join(out, "checkpoints", f"world-{part}.json")) as f:
+                trained = json.load(f)["steps"]
+        except (OSError, ValueError, KeyError):
+            trained = 0
+        if trained < module.TRAIN["full"]["steps"]:
+            _run(train + ["--part", part, "--steps", str(module.TRAIN["full"]["steps"])], log, f"resuming {part}")
     return out
 
 
@@ -95,16 +101,16 @@ def _edit_report(ckpt, judge, methods, tmp_path):
     return rows
 
 
-def _check_world_knows_colour(rows, method):
+def _check_world_knows_colour(rows, method, floor=0.75):
     """The world must know what it is tested on, or nothing after means anything: the judge reads every held-out
     input's colour (renders, its own domain; it reads colour right on all of its test renders), and the reconstruction
     (Guided Edit's second output: the inversion regenerated with the caption) keeps the source colour on at least
-    three quarters of the images. A model that never learned colour keeps it at chance (1 in 4)."""
+    `floor` of the images. A model that never learned colour keeps it at chance (1 in 4)."""
     inputs = [rows[(i, method)] for i in range(IMAGES)]
     misread = [r["image"] for r in inputs if r["input_reads"]["colour"] != r["truth"]["colour"]]
     assert not misread, f"the judge misreads the colour of held-out inputs {misread}: retrain the judge"
     kept = sum(r["reconstruction_reads"]["colour"] == r["truth"]["colour"] for r in inputs)
-    assert kept >= 0.75 * IMAGES, f"the reconstructions keep the colour on {kept} of {IMAGES}: the world is undertrained"
+    assert kept >= floor * IMAGES, f"the reconstructions keep the colour on {kept} of {IMAGES}: the world is undertrained"
 
 
 def _check_edit_happens(rows, method, measured):
@@ -114,8 +120,8 @@ def _check_edit_happens(rows, method, measured):
     the default SD 1.x world's p = 0.19 (3 of 16). Each world's edits are fixed by its seeds; the chance is that of
     a world trained on another machine landing there."""
     accurate = sum(rows[(i, method)]["accurate"] for i in range(IMAGES))
-    assert accurate >= 1, (f"{method}: no colour edit of {IMAGES} reads the target colour (measured on the tables' "
-                           f"checkpoint: {measured:.0%})")
+    assert accurate >= 1, (f"{method}: no colour edit of {IMAGES} reads the target colour (where the floor was "
+                           f"set, bench/README.md: {measured:.0%})")
 
 
 # The least mean mask-IoU gain that counts as the guidance acting. A guidance that does not act gives gain 0 (lambda 0
@@ -165,5 +171,62 @@ def test_sd3_world_joint_attention_guidance_keeps_structure(world_dir, tmp_path)
     rows = _edit_report(ckpt, judge, ["lambda_10_all_steps", "no_guidance"], tmp_path)
     _check_world_knows_colour(rows, "lambda_10_all_steps")
     _check_edit_happens(rows, "lambda_10_all_steps", 0.31)
-    # Measured on the 6,500-step checkpoint: mean IoU 0.58 against 0.48 (gain 0.10).
+    # Measured: mean IoU 0.58 against 0.48 (gain 0.10) on the tables' 6,500-step checkpoint; 0.53 against 0.49
+    # (gain 0.040, 3 of 16 images down) on the default 8,000-step one, trained in one schedule.
     _check_guidance_gains(rows, "lambda_10_all_steps")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The CI-sized world: what CI can afford to train (python -m world.train --reduced; bench/README.md, "A CI-sized
+# world"), built into the test cache on every clean run. It knows colour, and its edits happen; it does not keep
+# structure well enough for the guidance's gain to be tested (+0.03 mean IoU there, 5 of 16 images the other way),
+# so that gain is printed, not asserted: the full world's tests above assert it.
+
+REDUCED_PARTS = ("judge", "vae", "sd15")
+REDUCED_ACCURACY = 0.44  # measured: 7 of 16 colour edits read the target colour (2026-12-07; in the failure message)
+# The edit keeps an object where the input's was: mean mask IoU at least 0.1. An edit that loses the object (or turns
+# the image to noise) scores 0; two unrelated held-out renders' objects overlap by 0.20 on average (true masks; 0.47
+# when they share the position, 0.65 with position, size and shape). At this size the edit keeps only a little more
+# than an unrelated render would (bench/README.md, "A CI-sized world"), so the floor is the failure's, not the paper's
+# claim, which the full world's test asserts (>= 0.5).
+REDUCED_MIN_IOU = 0.1
+
+
+@pytest.fixture(scope="module")
+def reduced_world():
+    """The reduced world (judge, VAE, SD 1.x UNet), built into the test cache and reused while world/ is unchanged."""
+    from conftest import _comfyui_path, host_cache_dir
+    world_src = os.path.join(REPO, "world")
+    digest = hashlib.sha256()
+    for name in sorted(os.listdir(world_src)):
+        if name.endswith(".py"):
+            with open(os.path.join(world_src, name), "rb") as f:
+                digest.update(name.encode() + f.read())
+    out = os.path.join(host_cache_dir(), f"world-reduced-{digest.hexdigest()[:10]}")
+    log = out + "-build.log"
+    for stale in glob.glob(os.path.join(host_cache_dir(), "world-reduced-*")):  # builds of older world/ code
+        if stale not in (out, log):
+            shutil.rmtree(stale) if os.path.isdir(stale) else os.remove(stale)
+    seconds = {}
+    for part in REDUCED_PARTS:  # a finished part is skipped (0 s here when cached)
+        t0 = time.monotonic()
+        _run([sys.executable, "-m", "world.train", "--out", out, "--reduced", "--part", part,
+              "--comfyui", _comfyui_path()], log, f"training the reduced world's {part}")
+        seconds[part] = round(time.monotonic() - t0)
+    print(f"\nreduced world in {out}: seconds per part {seconds}")
+    return out
+
+
+def test_reduced_world_colour_edit(reduced_world, tmp_path):
+    """CI's quality check: on a world CI trains in minutes, pix2pix-zero's colour edit happens and keeps the object."""
+    rows = _edit_report(os.path.join(reduced_world, "checkpoints", "world-sd15.safetensors"),
+                        os.path.join(reduced_world, "judge.safetensors"), ["paper", "no_guidance"], tmp_path)
+    # Half of the images, twice chance: a model that never learned colour reaches 8 of 16 with probability 0.03
+    _check_world_knows_colour(rows, "paper", floor=0.5)
+    _check_edit_happens(rows, "paper", REDUCED_ACCURACY)
+    mean_iou = sum(rows[(i, "paper")]["iou"] for i in range(IMAGES)) / IMAGES
+    assert mean_iou >= REDUCED_MIN_IOU, (f"pix2pix-zero's colour edits keep mask IoU {mean_iou:.2f} on the reduced "
+                                         f"world (at least {REDUCED_MIN_IOU} wanted)")
+    gains = [rows[(i, "paper")]["iou"] - rows[(i, "no_guidance")]["iou"] for i in range(IMAGES)]
+    print(f"  guidance's mask-IoU gain over lambda 0 (not asserted at this size): mean {sum(gains) / IMAGES:+.3f}, "
+          f"{sum(g > 0 for g in gains)} up, {sum(g < 0 for g in gains)} down")
