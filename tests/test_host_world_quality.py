@@ -150,7 +150,9 @@ def test_sd15_world_colour_edit_keeps_structure_with_guidance(world_dir, tmp_pat
 
     # The object stays where it was: mean IoU of the judge's object masks (input, edit) at least 0.5. Methods that
     # repaint the object from the edited caption (prompt swap, SDEdit) reach 0.16-0.25 on this world, the paper's edit
-    # 0.65 (the 4,572-step checkpoint); the judge's mask against a render's true mask 0.94 (its test report).
+    # 0.65 (the 4,572-step checkpoint); the judge's mask against a render's true mask 0.94 (its test report). Two
+    # held-out renders' true masks overlap by 0.20 on average, 0.47 when the objects share the position and 0.65 when
+    # they share position, size and shape: 0.5 asks for more than the position kept.
     mean_iou = sum(rows[(i, "paper")]["iou"] for i in range(IMAGES)) / IMAGES
     assert mean_iou >= 0.5, f"pix2pix-zero's colour edits keep mask IoU {mean_iou:.2f} (prompt swap: 0.16)"
 
