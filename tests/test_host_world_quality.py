@@ -50,18 +50,8 @@ def world_dir():
     out = os.path.join(host_cache_dir(), "world-full")
     log = os.path.join(host_cache_dir(), "world-full-build.log")
     train = [sys.executable, "-m", "world.train", "--out", out, "--comfyui", _comfyui_path()]
-    _run(train, log, "building the learned world")  # every part resumes; a finished part is skipped
-    # A world built before a model's default grew (SD 1.x 800 -> 4,600 steps, SD 3.x 4,000 -> 8,000, 2026-12-07)
-    # has that part's report at the old length, and world.train skips a finished part: resume it to the default
-    from world import sd3, sd15
-    for part, module in (("sd15", sd15), ("sd3", sd3)):
-        try:
-            with open(os.path.join(out, "checkpoints", f"world-{part}.json")) as f:
-                trained = json.load(f)["steps"]
-        except (OSError, ValueError, KeyError):
-            trained = 0
-        if trained < module.TRAIN["full"]["steps"]:
-            _run(train + ["--part", part, "--steps", str(module.TRAIN["full"]["steps"])], log, f"resuming {part}")
+    # every part resumes; a finished part is skipped, or resumed to its default where that has grown since
+    _run(train, log, "building the learned world")
     return out
 
 

@@ -5,7 +5,8 @@ Parts (in the order ``all`` runs them): ``judge`` (renders only), ``vae`` (TAESD
 ``vae_refine`` (the decoder alone at full resolution, encoder fixed), ``vae_refine_all`` (encoder and decoder, every
 block), ``sd15`` and ``sd3`` (the SD 1.x and SD 3.x layouts; need ComfyUI: $COMFYUI_PATH or --comfyui; use the
 VAE). Every part is resumable: run the same command again and
-it continues from its last checkpoint in DIR; a finished part is skipped. ``--minutes`` caps each part's wall time
+it continues from its last checkpoint in DIR; a finished part is skipped, or resumed to its default where that
+has grown since it ran. ``--minutes`` caps each part's wall time
 (the part then saves, exports what it has, and a later run continues). ``--reduced``: the CI-sized world.
 
 Outputs in DIR: judge.safetensors (+ .json report), taesd.safetensors (+ .json), checkpoints/world-sd15*.safetensors
@@ -48,32 +49,47 @@ def main(argv=None):
     for part in parts:
         t0 = time.time()
         done = _finished(os.path.join(out, reports[part]))
-        if done and not args.steps:
-            loop.log(f"part {part}: already finished ({done} steps; delete {reports[part]} to redo it)")
-            continue
+        steps = args.steps
+        if done and not steps:
+            default = _default_steps(part, args.reduced)
+            if done >= default:
+                loop.log(f"part {part}: already finished ({done} steps; delete {reports[part]} to redo it)")
+                continue
+            # finished under an earlier, shorter default (SD 1.x 800 -> 4,600, SD 3.x 4,000 -> 8,000): resumed, its
+            # schedule stretched to the default, as --steps does
+            loop.log(f"part {part}: finished at {done} steps, the default is now {default}: resuming to it")
+            steps = default
         loop.log(f"part {part}: start (seed {args.seed}, reduced={args.reduced}, minutes={args.minutes})")
         if part == "judge":
             from .judge import train_judge
             train_judge(out, seed=args.seed, reduced=args.reduced, minutes=args.minutes, world_seed=args.world_seed,
-                        steps=args.steps)
+                        steps=steps)
         elif part == "vae":
             from .taesd import train_taesd
             train_taesd(out, seed=args.seed, reduced=args.reduced, minutes=args.minutes, world_seed=args.world_seed,
-                        steps=args.steps)
+                        steps=steps)
         elif part in ("vae_refine", "vae_refine_all"):
             from .taesd import refine_taesd
             refine_taesd(out, seed=args.seed, reduced=args.reduced, minutes=args.minutes, world_seed=args.world_seed,
-                         steps=args.steps, stage="decoder" if part == "vae_refine" else "all")
+                         steps=steps, stage="decoder" if part == "vae_refine" else "all")
         elif part == "sd15":
             from .sd15 import train_sd15
             train_sd15(out, seed=args.seed, reduced=args.reduced, minutes=args.minutes, world_seed=args.world_seed,
-                       comfyui=args.comfyui, steps=args.steps)
+                       comfyui=args.comfyui, steps=steps)
         elif part == "sd3":
             from .sd3 import train_sd3
             train_sd3(out, seed=args.seed, reduced=args.reduced, minutes=args.minutes, world_seed=args.world_seed,
-                      comfyui=args.comfyui, steps=args.steps)
+                      comfyui=args.comfyui, steps=steps)
         loop.log(f"part {part}: done in {time.time() - t0:.0f} s")
     return 0
+
+
+def _default_steps(part, reduced):
+    """The steps a part plans without --steps: its module's configuration table."""
+    from . import judge, sd3, sd15, taesd
+    table = {"judge": judge.CONFIGS, "vae": taesd.CONFIGS, "vae_refine": taesd.REFINE, "vae_refine_all": taesd.REFINE,
+             "sd15": sd15.TRAIN, "sd3": sd3.TRAIN}[part]
+    return table["reduced" if reduced else "full"]["steps"]
 
 
 def _finished(report_path):
