@@ -121,9 +121,19 @@ def _check_edit_happens(rows, method, measured):
 MIN_GUIDANCE_GAIN = 0.03
 
 
+def _mean_iou(rows, method):
+    """Mean mask IoU (input, edit) of a method's edits."""
+    return sum(rows[(i, method)]["iou"] for i in range(IMAGES)) / IMAGES
+
+
+def _guidance_gains(rows, guided):
+    """Per image, the guided edit's mask IoU minus the same edit's at lambda_xa 0 (paired: same image and direction)."""
+    return [rows[(i, guided)]["iou"] - rows[(i, "no_guidance")]["iou"] for i in range(IMAGES)]
+
+
 def _check_guidance_gains(rows, guided):
     """The guided edit keeps more of the object than the same edit at lambda_xa 0: mean paired mask-IoU gain."""
-    gains = [rows[(i, guided)]["iou"] - rows[(i, "no_guidance")]["iou"] for i in range(IMAGES)]
+    gains = _guidance_gains(rows, guided)
     mean_gain = sum(gains) / IMAGES
     print(f"  {guided}: mask-IoU gain over lambda 0, mean {mean_gain:.3f}, per image {[round(g, 3) for g in gains]}")
     assert mean_gain >= MIN_GUIDANCE_GAIN, (f"{guided} keeps mask IoU {mean_gain:+.3f} over lambda 0 on average "
@@ -143,7 +153,7 @@ def test_sd15_world_colour_edit_keeps_structure_with_guidance(world_dir, tmp_pat
     # 0.65 (the 4,572-step checkpoint); the judge's mask against a render's true mask 0.94 (its test report). Two
     # held-out renders' true masks overlap by 0.20 on average, 0.47 when the objects share the position and 0.65 when
     # they share position, size and shape: 0.5 asks for more than the position kept.
-    mean_iou = sum(rows[(i, "paper")]["iou"] for i in range(IMAGES)) / IMAGES
+    mean_iou = _mean_iou(rows, "paper")
     assert mean_iou >= 0.5, f"pix2pix-zero's colour edits keep mask IoU {mean_iou:.2f} (prompt swap: 0.16)"
 
     # What the guidance is for: it keeps more of the structure than the same edit with lambda_xa 0 (the same inversion,
@@ -216,9 +226,9 @@ def test_reduced_world_colour_edit(reduced_world, tmp_path):
     # Half of the images, twice chance: a model that never learned colour reaches 8 of 16 with probability 0.03
     _check_world_knows_colour(rows, "paper", floor=0.5)
     _check_edit_happens(rows, "paper", REDUCED_ACCURACY)
-    mean_iou = sum(rows[(i, "paper")]["iou"] for i in range(IMAGES)) / IMAGES
+    mean_iou = _mean_iou(rows, "paper")
     assert mean_iou >= REDUCED_MIN_IOU, (f"pix2pix-zero's colour edits keep mask IoU {mean_iou:.2f} on the reduced "
                                          f"world (at least {REDUCED_MIN_IOU} wanted)")
-    gains = [rows[(i, "paper")]["iou"] - rows[(i, "no_guidance")]["iou"] for i in range(IMAGES)]
+    gains = _guidance_gains(rows, "paper")
     print(f"  guidance's mask-IoU gain over lambda 0 (not asserted at this size): mean {sum(gains) / IMAGES:+.3f}, "
           f"{sum(g > 0 for g in gains)} up, {sum(g < 0 for g in gains)} down")
