@@ -147,8 +147,11 @@ def tiny_sd15_objects(comfy):
 
 
 def host_cache_dir():
-    """Where built test models are cached: $P2PZ_TEST_CACHE, else <system temp>/p2pz-test-cache."""
-    return os.environ.get("P2PZ_TEST_CACHE") or os.path.join(tempfile.gettempdir(), "p2pz-test-cache")
+    """Where built test models are cached: $P2PZ_TEST_CACHE, else <system temp>/p2pz-test-cache; made if missing (a
+    test run alone on a fresh cache, such as the reduced world's, writes its build log there before any model)."""
+    path = os.environ.get("P2PZ_TEST_CACHE") or os.path.join(tempfile.gettempdir(), "p2pz-test-cache")
+    os.makedirs(path, exist_ok=True)
+    return path
 
 
 @pytest.fixture(scope="session")
