@@ -2,10 +2,11 @@
 learned world: the edit happens, the object stays where it was, and the cross-attention guidance keeps more of it
 than the same edit without guidance.
 
-The world is trained, not shipped: no weights are committed. CI trains a reduced world on every clean run (about 17
-minutes on 2 cores; test_reduced_world_colour_edit, at the end): its edits happen and keep an object, but it does not
-keep structure well enough to test the guidance (bench/README.md, "A CI-sized world"). The full world, which does,
-takes about 5 hours on 2 cores, so its tests run on a world you have built, in one of two ways:
+The world is trained, not shipped: no weights are committed. CI trains a reduced world on every clean run (12 to 17
+minutes on 2 cores; test_reduced_world_colour_edit, at the end): its edits happen, keep an object, and keep more of it
+with the guidance than without, by a small margin on 32 images (bench/README.md, "A CI-sized world"). The full world
+keeps structure as the paper's figures do and takes about 5 hours on 2 cores, so its tests run on a world you have
+built, in one of two ways:
 
 - P2PZ_BUILD_WORLD=1: the tests build it into the test cache ($P2PZ_TEST_CACHE/world-full) on first use, with the
   commands below, and reuse it afterwards (an interrupted build resumes where it stopped);
@@ -22,6 +23,7 @@ bench/README.md ("The world quality test") gives them for the checkpoints of its
 import glob
 import hashlib
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -72,19 +74,20 @@ def _run(cmd, log_path, what):
             pytest.fail(f"{what} failed (exit {proc.returncode}); the end of {log_path}:\n{f.read()[-4000:]}")
 
 
-def _edit_report(ckpt, judge, methods, tmp_path):
-    """bench_quality.py's JSON report for IMAGES colour edits by each method, run as its own process."""
+def _edit_report(ckpt, judge, methods, tmp_path, images=IMAGES):
+    """bench_quality.py's JSON report for `images` colour edits by each method, run as its own process: its rows
+    keyed by (image, method)."""
     from conftest import _comfyui_path
     report_path, log_path = str(tmp_path / "quality.json"), str(tmp_path / "quality.log")
     cmd = [sys.executable, os.path.join("bench", "bench_quality.py"), "--ckpt", ckpt, "--judge", judge,
-           "--images", str(IMAGES), "--edits", "colour", "--methods", *methods, "--steps", str(STEPS),
+           "--images", str(images), "--edits", "colour", "--methods", *methods, "--steps", str(STEPS),
            "--sentences", str(SENTENCES), "--comfyui", _comfyui_path(), "--json", report_path]
     t0 = time.monotonic()
     _run(cmd, log_path, "bench_quality.py")
     with open(report_path) as f:
         report = json.load(f)
     rows = {(r["image"], r["method"]): r for r in report["rows"]}
-    print(f"\n{os.path.basename(ckpt)}: {IMAGES} colour edits in {time.monotonic() - t0:.0f} s; judge right on "
+    print(f"\n{os.path.basename(ckpt)}: {images} colour edits in {time.monotonic() - t0:.0f} s; judge right on "
           f"{report['summary']['judge_on_inputs']:.0%} of the inputs")
     for m in methods:
         print(f"  {m}: {json.dumps(report['summary']['results'][f'{m}/colour'])}")
@@ -96,21 +99,24 @@ def _check_world_knows_colour(rows, method, floor=0.75):
     input's colour (renders, its own domain; it reads colour right on all of its test renders), and the reconstruction
     (Guided Edit's second output: the inversion regenerated with the caption) keeps the source colour on at least
     `floor` of the images. A model that never learned colour keeps it at chance (1 in 4)."""
-    inputs = [rows[(i, method)] for i in range(IMAGES)]
+    inputs = [rows[(i, method)] for i in _images(rows)]
     misread = [r["image"] for r in inputs if r["input_reads"]["colour"] != r["truth"]["colour"]]
     assert not misread, f"the judge misreads the colour of held-out inputs {misread}: retrain the judge"
     kept = sum(r["reconstruction_reads"]["colour"] == r["truth"]["colour"] for r in inputs)
-    assert kept >= floor * IMAGES, f"the reconstructions keep the colour on {kept} of {IMAGES}: the world is undertrained"
+    assert kept >= floor * len(inputs), (f"the reconstructions keep the colour on {kept} of {len(inputs)}: the world "
+                                         "is undertrained")
 
 
 def _check_edit_happens(rows, method, measured):
     """The edit happens: a direction that does nothing leaves every edit at the source colour (as the reconstructions
-    are), accuracy 0. Floor: at least one of the 16 edits reads the target colour; at the measured rate p per edit, a
-    working edit scores 0 of 16 with probability (1 - p)^16: 0.003 at the tables' checkpoints' p = 0.31, 0.034 at
-    the default SD 1.x world's p = 0.19 (3 of 16). Each world's edits are fixed by its seeds; the chance is that of
-    a world trained on another machine landing there."""
-    accurate = sum(rows[(i, method)]["accurate"] for i in range(IMAGES))
-    assert accurate >= 1, (f"{method}: no colour edit of {IMAGES} reads the target colour (where the floor was "
+    are), accuracy 0. Floor: at least one of the n edits reads the target colour; at the measured rate p per edit, a
+    working edit scores 0 of n with probability (1 - p)^n. For n = 16: 0.003 at the tables' checkpoints' p = 0.31,
+    0.034 at the default SD 1.x world's p = 0.19 (3 of 16); for the reduced world's 32 at its lowest measured p = 0.22
+    (7 of 32, bench/README.md): 0.0004. Each world's edits are fixed by its seeds; the chance is that of a world
+    trained on another machine landing there."""
+    images = _images(rows)
+    accurate = sum(rows[(i, method)]["accurate"] for i in images)
+    assert accurate >= 1, (f"{method}: no colour edit of {len(images)} reads the target colour (where the floor was "
                            f"set, bench/README.md: {measured:.0%})")
 
 
@@ -121,24 +127,30 @@ def _check_edit_happens(rows, method, measured):
 MIN_GUIDANCE_GAIN = 0.03
 
 
+def _images(rows):
+    """The held-out images of a report's rows."""
+    return sorted({image for image, _ in rows})
+
+
 def _mean_iou(rows, method):
     """Mean mask IoU (input, edit) of a method's edits."""
-    return sum(rows[(i, method)]["iou"] for i in range(IMAGES)) / IMAGES
+    return sum(rows[(i, method)]["iou"] for i in _images(rows)) / len(_images(rows))
 
 
 def _guidance_gains(rows, guided):
     """Per image, the guided edit's mask IoU minus the same edit's at lambda_xa 0 (paired: same image and direction)."""
-    return [rows[(i, guided)]["iou"] - rows[(i, "no_guidance")]["iou"] for i in range(IMAGES)]
+    return [rows[(i, guided)]["iou"] - rows[(i, "no_guidance")]["iou"] for i in _images(rows)]
 
 
-def _check_guidance_gains(rows, guided):
-    """The guided edit keeps more of the object than the same edit at lambda_xa 0: mean paired mask-IoU gain."""
+def _check_guidance_gains(rows, guided, floor=MIN_GUIDANCE_GAIN):
+    """The guided edit keeps more of the object than the same edit at lambda_xa 0: mean paired mask-IoU gain above
+    `floor`."""
     gains = _guidance_gains(rows, guided)
-    mean_gain = sum(gains) / IMAGES
-    print(f"  {guided}: mask-IoU gain over lambda 0, mean {mean_gain:.3f}, per image {[round(g, 3) for g in gains]}")
-    assert mean_gain >= MIN_GUIDANCE_GAIN, (f"{guided} keeps mask IoU {mean_gain:+.3f} over lambda 0 on average "
-                                            f"(at least {MIN_GUIDANCE_GAIN} wanted); per image: "
-                                            f"{[round(g, 3) for g in gains]}")
+    mean_gain = sum(gains) / len(gains)
+    print(f"  {guided}: mask-IoU gain over lambda 0, mean {mean_gain:+.3f}, {sum(g > 0 for g in gains)} up, "
+          f"{sum(g < 0 for g in gains)} down; per image {[round(g, 3) for g in gains]}")
+    assert mean_gain > floor, (f"{guided} keeps mask IoU {mean_gain:+.3f} over lambda 0 on average (more than {floor} "
+                               f"wanted); per image: {[round(g, 3) for g in gains]}")
 
 
 def test_sd15_world_colour_edit_keeps_structure_with_guidance(world_dir, tmp_path):
@@ -180,18 +192,26 @@ def test_sd3_world_joint_attention_guidance_keeps_structure(world_dir, tmp_path)
 
 # ----------------------------------------------------------------------------------------------------------------
 # The CI-sized world: what CI can afford to train (python -m world.train --reduced; bench/README.md, "A CI-sized
-# world"), built into the test cache on every clean run. It knows colour, and its edits happen; it does not keep
-# structure well enough for the guidance's gain to be tested (+0.03 mean IoU there, 5 of 16 images the other way),
-# so that gain is printed, not asserted: the full world's tests above assert it.
+# world"), built into the test cache on every clean run. It knows colour, its edits happen, and its guidance keeps
+# more of the object than lambda 0, by less and with more noise per image than the full world's: at 16 images the gain
+# was within two standard errors of 0 on some builds, so this test edits twice as many.
 
 REDUCED_PARTS = ("judge", "vae", "sd15")
-REDUCED_ACCURACY = 0.44  # measured: 7 of 16 colour edits read the target colour (2026-12-07; in the failure message)
+REDUCED_IMAGES = 32
+REDUCED_ACCURACY = 0.41  # measured: 13 of 32 colour edits read the target colour (2026-12-08; in the failure message)
 # The edit keeps an object where the input's was: mean mask IoU at least 0.1. An edit that loses the object (or turns
 # the image to noise) scores 0; two unrelated held-out renders' objects overlap by 0.20 on average (true masks; 0.47
 # when they share the position, 0.65 with position, size and shape). At this size the edit keeps only a little more
 # than an unrelated render would (bench/README.md, "A CI-sized world"), so the floor is the failure's, not the paper's
 # claim, which the full world's test asserts (>= 0.5).
 REDUCED_MIN_IOU = 0.1
+
+
+def _above_chance(n, chance=0.25, alpha=0.03):
+    """The least count of n that a model guessing at `chance` per image reaches with probability at most `alpha`
+    (binomial tail): a floor that says the world learned something, whatever n. For n = 16: 8; for n = 32: 14."""
+    tail = lambda k: sum(math.comb(n, j) * chance ** j * (1 - chance) ** (n - j) for j in range(k, n + 1))
+    return next(k for k in range(n + 1) if tail(k) <= alpha)
 
 
 @pytest.fixture(scope="module")
@@ -220,15 +240,24 @@ def reduced_world():
 
 
 def test_reduced_world_colour_edit(reduced_world, tmp_path):
-    """CI's quality check: on a world CI trains in minutes, pix2pix-zero's colour edit happens and keeps the object."""
+    """CI's quality check: on a world CI trains in minutes, pix2pix-zero's colour edit happens, keeps the object, and
+    keeps more of it with the cross-attention guidance than without."""
     rows = _edit_report(os.path.join(reduced_world, "checkpoints", "world-sd15.safetensors"),
-                        os.path.join(reduced_world, "judge.safetensors"), ["paper", "no_guidance"], tmp_path)
-    # Half of the images, twice chance: a model that never learned colour reaches 8 of 16 with probability 0.03
-    _check_world_knows_colour(rows, "paper", floor=0.5)
+                        os.path.join(reduced_world, "judge.safetensors"), ["paper", "no_guidance"], tmp_path,
+                        images=REDUCED_IMAGES)
+    # The reconstructions keep the colour clearly above chance (a colour-blind model: 1 in 4 per image). The reduced
+    # VAE is what loses colour when anything does: its round trips kept it on 100 %, 78 % and 49 % of its test renders
+    # for training seeds 0, 1 and 2 (bench/README.md), so the floor is chance's, not the full world's 75 %.
+    _check_world_knows_colour(rows, "paper", floor=_above_chance(REDUCED_IMAGES) / REDUCED_IMAGES)
     _check_edit_happens(rows, "paper", REDUCED_ACCURACY)
     mean_iou = _mean_iou(rows, "paper")
     assert mean_iou >= REDUCED_MIN_IOU, (f"pix2pix-zero's colour edits keep mask IoU {mean_iou:.2f} on the reduced "
                                          f"world (at least {REDUCED_MIN_IOU} wanted)")
-    gains = _guidance_gains(rows, "paper")
-    print(f"  guidance's mask-IoU gain over lambda 0 (not asserted at this size): mean {sum(gains) / IMAGES:+.3f}, "
-          f"{sum(g > 0 for g in gains)} up, {sum(g < 0 for g in gains)} down")
+    # What the guidance is for (issue 28: its structure gain over lambda 0 is positive). A guidance that does nothing
+    # leaves each edit as lambda 0's (the same inversion, direction and sampler): gain 0 up to rounding; one that
+    # harms the structure: below 0. So the floor is 0, the failure's score, asked of the mean over the 32 paired
+    # images. Measured on reduced worlds of training seeds 0-3 (each another draw of the world, as another machine's
+    # rounding gives; 2026-12-08): +0.079, +0.038, +0.053, +0.042, whose mean 0.053 is 2.9 of their standard
+    # deviations (0.018) above 0. At 16 images the same worlds gave +0.035 to +0.120, spread twice as wide (0 was 2.0
+    # standard deviations away), which is why this test edits 32.
+    _check_guidance_gains(rows, "paper", floor=0.0)
