@@ -5,8 +5,8 @@ than the same edit without guidance.
 The world is trained, not shipped: no weights are committed. CI trains a reduced world on every clean run (12 to 17
 minutes on 2 cores; test_reduced_world_colour_edit, at the end): its edits happen, keep an object, and keep more of it
 with the guidance than without, by a small margin on 32 images (bench/README.md, "A CI-sized world"). The full world
-keeps structure as the paper's figures do and takes about 5 hours on 2 cores, so its tests run on a world you have
-built, in one of two ways:
+keeps most of the object (mask IoU 0.5 and more) and takes about 5 hours on 2 cores, so its tests run on a world you
+have built, in one of two ways:
 
 - P2PZ_BUILD_WORLD=1: the tests build it into the test cache ($P2PZ_TEST_CACHE/world-full) on first use, with the
   commands below, and reuse it afterwards (an interrupted build resumes where it stopped);
@@ -210,7 +210,8 @@ REDUCED_MIN_IOU = 0.1
 def _above_chance(n, chance=0.25, alpha=0.03):
     """The least count of n that a model guessing at `chance` per image reaches with probability at most `alpha`
     (binomial tail): a floor that says the world learned something, whatever n. For n = 16: 8; for n = 32: 14."""
-    tail = lambda k: sum(math.comb(n, j) * chance ** j * (1 - chance) ** (n - j) for j in range(k, n + 1))
+    def tail(k):  # P(at least k of n right) at `chance` per image
+        return sum(math.comb(n, j) * chance ** j * (1 - chance) ** (n - j) for j in range(k, n + 1))
     return next(k for k in range(n + 1) if tail(k) <= alpha)
 
 
